@@ -1,0 +1,113 @@
+"""The one TFRecord feature schema (``tf.train.Example``) shared by the Beam writer, tf.data and serving.
+
+One example per image (or per aligned region snippet — then with a single region and a single sentence):
+
+============================  ==========  ============================================================
+key                           type        meaning
+============================  ==========  ============================================================
+``image/id``                  bytes       image id
+``image/split``               bytes       split name
+``image/path``                bytes       source path (for reports)
+``regions/features``          float       region CNN features, flattened (R, D); region 0 = full image
+``regions/boxes``             float       normalised [ymin, xmin, ymax, xmax], flattened (R, 4)
+``regions/dim``               int64       D
+``sentences/raw``             bytes       one per sentence (S)
+``sentences/tokens``          bytes       all tokens of all sentences, flattened
+``sentences/lengths``         int64       tokens per sentence (S)
+============================  ==========  ============================================================
+
+Tokens are stored as strings (not ids) so a vocabulary can be rebuilt without re-extracting; the input
+pipeline and the serving graph map them with the same in-graph lookup table. :func:`parse_examples` turns a
+batch of serialized examples into padded tensors with masks, the shapes of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+K_ID, K_SPLIT, K_PATH = "image/id", "image/split", "image/path"
+K_FEATS, K_BOXES, K_DIM = "regions/features", "regions/boxes", "regions/dim"
+K_RAW, K_TOKENS, K_LENGTHS = "sentences/raw", "sentences/tokens", "sentences/lengths"
+
+
+def encode_example(image_id: str, split: str, path: str, region_features: np.ndarray, boxes: np.ndarray,
+                   sentences: Sequence[tuple[str, Sequence[str]]]) -> bytes:
+    """Serializes one image: ``region_features`` (R, D), ``boxes`` (R, 4), sentences as (raw, tokens)."""
+    import tensorflow as tf
+
+    feats = np.asarray(region_features, np.float32)
+    boxes = np.asarray(boxes, np.float32)
+    if feats.ndim != 2 or boxes.shape != (feats.shape[0], 4):
+        raise ValueError(f"image {image_id}: region features {feats.shape} and boxes {boxes.shape} must be "
+                         f"(R, D) and (R, 4)")
+    if not np.all(np.isfinite(feats)):
+        raise ValueError(f"image {image_id}: region features contain NaN or Inf")
+
+    def b(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
+
+    def f(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values.reshape(-1).tolist()))
+
+    def i(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+    tokens = [t for _, toks in sentences for t in toks]
+    example = tf.train.Example(features=tf.train.Features(feature={
+        K_ID: b([image_id]), K_SPLIT: b([split]), K_PATH: b([path]),
+        K_FEATS: f(feats), K_BOXES: f(boxes), K_DIM: i([feats.shape[1]]),
+        K_RAW: b([raw for raw, _ in sentences]), K_TOKENS: b(tokens),
+        K_LENGTHS: i([len(toks) for _, toks in sentences]),
+    }))
+    return example.SerializeToString()
+
+
+def feature_spec():
+    import tensorflow as tf
+
+    return {
+        K_ID: tf.io.FixedLenFeature([], tf.string),
+        K_SPLIT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        K_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        K_FEATS: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64),
+        K_BOXES: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64),
+        K_DIM: tf.io.FixedLenFeature([], tf.int64),
+        K_RAW: tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int64),
+        K_TOKENS: tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int64),
+        K_LENGTHS: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
+    }
+
+
+def parse_examples(serialized, feature_dim: int):
+    """Parses a batch (B,) of serialized examples into padded tensors.
+
+    Returns a dict: ``image_id`` (B,), ``split`` (B,), ``path`` (B,), ``region_features`` (B, R, D),
+    ``boxes`` (B, R, 4), ``region_mask`` (B, R) float, ``sentences_raw`` ragged (B, S),
+    ``tokens`` ragged (B, S, T). ``feature_dim`` is the manifest's D (static, so shapes are known).
+    """
+    import tensorflow as tf
+
+    ex = tf.io.parse_example(serialized, feature_spec())
+    dims = ex[K_DIM]
+    tf.debugging.assert_equal(dims, tf.cast(feature_dim, tf.int64),
+                              message=f"examples' regions/dim differs from the expected feature dim {feature_dim}")
+    feats = ex[K_FEATS]  # ragged (B, R*D)
+    feats = tf.RaggedTensor.from_row_lengths(
+        tf.reshape(feats.flat_values, [-1, feature_dim]), feats.row_lengths() // feature_dim)  # (B, R, D)
+    boxes = ex[K_BOXES]
+    boxes = tf.RaggedTensor.from_row_lengths(tf.reshape(boxes.flat_values, [-1, 4]), boxes.row_lengths() // 4)
+    region_mask = tf.sequence_mask(feats.row_lengths(), dtype=tf.float32)  # (B, R)
+    tokens = tf.RaggedTensor.from_row_lengths(ex[K_TOKENS].flat_values, ex[K_LENGTHS].flat_values)
+    tokens = tf.RaggedTensor.from_row_lengths(tokens, ex[K_LENGTHS].row_lengths())  # (B, S, T)
+    return {
+        "image_id": ex[K_ID], "split": ex[K_SPLIT], "path": ex[K_PATH],
+        "region_features": feats.to_tensor(),
+        "boxes": boxes.to_tensor(),
+        "region_mask": region_mask,
+        "sentences_raw": ex[K_RAW],
+        "tokens": tokens,
+    }

@@ -1,0 +1,53 @@
+"""Image–sentence scores for all pairs of a batch.
+
+Inputs follow DESIGN.md's shapes: regions ``v`` (B_img, R, H) with ``v_mask`` (B_img, R); words ``s``
+(B_sent, T, H) with ``s_mask`` (B_sent, T). Every score returns the all-pairs matrix (B_img, B_sent).
+Masks are 0/1 (bool or float); padded regions never win a max and padded words never add to a sum.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_NEG = -1e9
+
+
+def region_word_dots(v, s):
+    """All region–word dot products: (B_img, R, H) x (B_sent, T, H) -> (B_img, B_sent, R, T)."""
+    return tf.einsum("irh,sth->isrt", v, s)
+
+
+def brnn_score(v, v_mask, s, s_mask):
+    """Paper eq. 8: S_kl = Σ_t max_i v_i·s_t (each word takes its single best region)."""
+    dots = region_word_dots(v, s)  # (I, S, R, T)
+    v_mask = tf.cast(v_mask, dots.dtype)[:, None, :, None]  # (I, 1, R, 1)
+    s_mask = tf.cast(s_mask, dots.dtype)[None, :, :]  # (1, S, T)
+    best = tf.reduce_max(dots + (1.0 - v_mask) * _NEG, axis=2)  # (I, S, T)
+    return tf.reduce_sum(best * s_mask, axis=-1)  # (I, S)
+
+
+def defrag_score(v, v_mask, s, s_mask):
+    """DeFrag-style (eq. 7): S_kl = Σ_t Σ_i max(0, v_i·s_t)."""
+    dots = tf.nn.relu(region_word_dots(v, s))  # (I, S, R, T)
+    v_mask = tf.cast(v_mask, dots.dtype)[:, None, :, None]
+    s_mask = tf.cast(s_mask, dots.dtype)[None, :, None, :]
+    return tf.reduce_sum(dots * v_mask * s_mask, axis=[2, 3])  # (I, S)
+
+
+def global_score(v, v_mask, s, s_mask):
+    """Global baseline: (mean of regions) · (mean of words)."""
+    v_mask = tf.cast(v_mask, v.dtype)
+    s_mask = tf.cast(s_mask, s.dtype)
+    v_mean = tf.reduce_sum(v * v_mask[..., None], 1) / tf.maximum(tf.reduce_sum(v_mask, 1, keepdims=True), 1.0)
+    s_mean = tf.reduce_sum(s * s_mask[..., None], 1) / tf.maximum(tf.reduce_sum(s_mask, 1, keepdims=True), 1.0)
+    return tf.matmul(v_mean, s_mean, transpose_b=True)  # (I, S)
+
+
+SCORES = {"brnn": brnn_score, "defrag": defrag_score, "global": global_score}
+
+
+def get_score(name: str):
+    try:
+        return SCORES[name]
+    except KeyError:
+        raise ValueError(f"unknown score {name!r}; choose one of {sorted(SCORES)}") from None
