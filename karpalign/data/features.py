@@ -82,8 +82,10 @@ def feature_spec():
     }
 
 
-def parse_examples(serialized, feature_dim: int):
+def parse_examples(serialized, feature_dim: int, max_regions: int | None = None):
     """Parses a batch (B,) of serialized examples into padded tensors.
+
+    With ``max_regions`` the region axis is padded (or cut) to exactly that many regions, so shapes are static.
 
     Returns a dict: ``image_id`` (B,), ``split`` (B,), ``path`` (B,), ``region_features`` (B, R, D),
     ``boxes`` (B, R, 4), ``region_mask`` (B, R) float, ``sentences_raw`` ragged (B, S),
@@ -100,14 +102,79 @@ def parse_examples(serialized, feature_dim: int):
         tf.reshape(feats.flat_values, [-1, feature_dim]), feats.row_lengths() // feature_dim)  # (B, R, D)
     boxes = ex[K_BOXES]
     boxes = tf.RaggedTensor.from_row_lengths(tf.reshape(boxes.flat_values, [-1, 4]), boxes.row_lengths() // 4)
-    region_mask = tf.sequence_mask(feats.row_lengths(), dtype=tf.float32)  # (B, R)
+    lengths = feats.row_lengths()
+    if max_regions is not None:
+        lengths = tf.minimum(lengths, max_regions)
+    region_mask = tf.sequence_mask(lengths, maxlen=max_regions, dtype=tf.float32)  # (B, R)
+    shape = [None, max_regions]
     tokens = tf.RaggedTensor.from_row_lengths(ex[K_TOKENS].flat_values, ex[K_LENGTHS].flat_values)
     tokens = tf.RaggedTensor.from_row_lengths(tokens, ex[K_LENGTHS].row_lengths())  # (B, S, T)
     return {
         "image_id": ex[K_ID], "split": ex[K_SPLIT], "path": ex[K_PATH],
-        "region_features": feats.to_tensor(),
-        "boxes": boxes.to_tensor(),
+        "region_features": feats.to_tensor(shape=shape + [feature_dim]),
+        "boxes": boxes.to_tensor(shape=shape + [4]),
         "region_mask": region_mask,
         "sentences_raw": ex[K_RAW],
         "tokens": tokens,
     }
+
+
+MANIFEST = "manifest.json"
+VOCAB = "vocab.txt"
+
+
+def shard_pattern(records_dir: str, split: str) -> str:
+    return f"{records_dir}/{split}-*.tfrecord.gz"
+
+
+def read_manifest(records_dir: str) -> dict:
+    """The manifest.json written next to the shards (counts, feature_dim, num_regions, cnn, proposer, ...)."""
+    import json
+    import os
+
+    path = os.path.join(records_dir, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: is {records_dir} the output of karpalign-extract?") from None
+    for key in ("schema_version", "feature_dim", "num_regions", "counts"):
+        if key not in manifest:
+            raise ValueError(f"{path}: field {key!r} missing")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {manifest['schema_version']}, this karpalign reads "
+                         f"{SCHEMA_VERSION}; re-run karpalign-extract")
+    return manifest
+
+
+def write_manifest(records_dir: str, manifest: dict) -> str:
+    import json
+    import os
+
+    manifest = {"schema_version": SCHEMA_VERSION, **manifest}
+    path = os.path.join(records_dir, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def write_shards(examples, records_dir: str, split: str, num_shards: int = 1) -> int:
+    """Writes serialized examples round-robin into ``{split}-SSSSS-of-NNNNN.tfrecord.gz``; returns the count."""
+    import os
+
+    import tensorflow as tf
+
+    os.makedirs(records_dir, exist_ok=True)
+    opts = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = [tf.io.TFRecordWriter(os.path.join(records_dir, f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord.gz"),
+                                    opts) for i in range(num_shards)]
+    n = 0
+    try:
+        for n, ex in enumerate(examples, 1):
+            writers[(n - 1) % num_shards].write(ex)
+    finally:
+        for w in writers:
+            w.close()
+    return n

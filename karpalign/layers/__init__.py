@@ -1,0 +1,4 @@
+from karpalign.layers.region_embedding import RegionEmbedding
+from karpalign.layers.brnn_encoder import BRNNEncoder
+
+__all__ = ["RegionEmbedding", "BRNNEncoder"]

@@ -1,0 +1,63 @@
+"""The alignment model: regions and words in one multimodal space, scored with eq. 8 (or a baseline)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from karpalign.layers.brnn_encoder import BRNNEncoder
+from karpalign.layers.region_embedding import RegionEmbedding
+from karpalign.models.scores import get_score
+
+
+@keras.saving.register_keras_serializable(package="karpalign")
+class AlignmentModel(keras.Model):
+    """Composite of a :class:`RegionEmbedding` and a :class:`BRNNEncoder` with an image–sentence score.
+
+    ``call({"region_features" (B, R, D), "region_mask" (B, R), "token_ids" (B, T), "token_mask" (B, T)})``
+    returns ``(v (B, R, H), s (B, T, H))``; :meth:`score_matrix` turns them into (B_img, B_sent) scores.
+
+    Args:
+        region_embedding: a RegionEmbedding.
+        sentence_encoder: a BRNNEncoder with the same ``embed_dim``.
+        score: 'brnn' (eq. 8), 'defrag' (eq. 7) or 'global' (mean region · mean word).
+    """
+
+    def __init__(self, region_embedding: RegionEmbedding, sentence_encoder: BRNNEncoder, score: str = "brnn",
+                 **kwargs):
+        super().__init__(**kwargs)
+        if region_embedding.embed_dim != sentence_encoder.embed_dim:
+            raise ValueError(f"region embed_dim {region_embedding.embed_dim} != sentence embed_dim "
+                             f"{sentence_encoder.embed_dim}")
+        self.region_embedding = region_embedding
+        self.sentence_encoder = sentence_encoder
+        self.score = score
+        self.score_fn = get_score(score)
+
+    def embed_images(self, region_features, region_mask, training=None):
+        v = self.region_embedding(region_features, training=training)  # (B, R, H)
+        return v * tf.cast(region_mask, v.dtype)[..., None]
+
+    def embed_sentences(self, token_ids, token_mask, training=None):
+        return self.sentence_encoder(token_ids, token_mask, training=training)  # (B, T, H)
+
+    def call(self, inputs, training=None):
+        v = self.embed_images(inputs["region_features"], inputs["region_mask"], training=training)
+        s = self.embed_sentences(inputs["token_ids"], inputs["token_mask"], training=training)
+        return v, s
+
+    def score_matrix(self, v, v_mask, s, s_mask):
+        return self.score_fn(v, v_mask, s, s_mask)  # (B_img, B_sent)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "region_embedding": keras.saving.serialize_keras_object(self.region_embedding),
+                "sentence_encoder": keras.saving.serialize_keras_object(self.sentence_encoder),
+                "score": self.score}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["region_embedding"] = keras.saving.deserialize_keras_object(config["region_embedding"])
+        config["sentence_encoder"] = keras.saving.deserialize_keras_object(config["sentence_encoder"])
+        return cls(**config)
