@@ -1,0 +1,221 @@
+"""The training tasks: alignment (BRNN + ranking loss) and captioning (mRNN on images or on region snippets)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from karpalign.config import Config
+from karpalign.data import features as F
+from karpalign.data import pipeline as P
+from karpalign.data.text import Vocabulary
+from karpalign.layers.brnn_encoder import BRNNEncoder
+from karpalign.layers.region_embedding import RegionEmbedding
+from karpalign.losses import bidirectional_loss
+from karpalign.models.alignment_model import AlignmentModel
+from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
+from karpalign.training.loop import Task
+
+ALIGN_MODEL = "alignment.keras"
+CAPTION_MODEL = "generator.keras"
+
+
+def _gather(x):
+    """All-gathers a per-replica tensor along the batch axis (identity without distribution)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_gather(x, axis=0)
+
+
+def _replica_offset(local_batch):
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return 0
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local_batch
+
+
+class _RecordsTask(Task):
+    """Shared by the tasks: manifest, vocabulary and dataset settings of a records folder."""
+
+    records_dir_key = "records_dir"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.records_dir = getattr(cfg.data, self.records_dir_key)
+        if not self.records_dir:
+            raise ValueError(f"data.{self.records_dir_key} is not set: point it at the output of "
+                             f"{'karpalign-extract' if self.records_dir_key == 'records_dir' else 'karpalign-align'}")
+        self.manifest = F.read_manifest(self.records_dir)
+        self.vocab_path = os.path.join(self.records_dir, F.VOCAB)
+        self.vocab = Vocabulary.load(self.vocab_path)
+        self.feature_dim = int(self.manifest["feature_dim"])
+        self.num_regions = int(self.manifest["num_regions"])
+
+    def _data_kwargs(self):
+        return dict(feature_dim=self.feature_dim, num_regions=self.num_regions, max_words=self.cfg.data.max_words,
+                    global_batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
+                    image_shuffle_buffer=self.cfg.train.shuffle_buffer)
+
+    def _write_side_files(self, out_dir):
+        self.vocab.save(os.path.join(out_dir, F.VOCAB))
+        with open(os.path.join(out_dir, "records_manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(self.manifest, f, indent=2, sort_keys=True)
+
+
+def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table, *, feature_dim: int,
+                num_regions: int, max_words: int, max_images: int | None = None, batch_size: int = 64):
+    """Embeds a split's images and sentences.
+
+    Returns dict: ``v`` (N, R, H), ``v_mask`` (N, R), ``s`` (M, T, H), ``s_mask`` (M, T), ``image_of_sentence``
+    (M,), ``image_ids`` (N,), ``tokens`` (list of M token lists), ``boxes`` (N, R, 4), ``raw`` (M,).
+    """
+    embed_images = tf.function(lambda f, m: model.embed_images(f, m, training=False))
+    embed_sentences = tf.function(lambda i, m: model.embed_sentences(i, m, training=False))
+    out = {k: [] for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "image_ids", "tokens", "boxes",
+                           "raw")}
+    n = 0
+    for batch in P.image_dataset(records_dir, split, feature_dim=feature_dim, num_regions=num_regions,
+                                 batch_size=batch_size):
+        if max_images is not None and n >= max_images:
+            break
+        take = batch["region_features"].shape[0] if max_images is None else min(
+            batch["region_features"].shape[0], max_images - n)
+        feats, mask = batch["region_features"][:take], batch["region_mask"][:take]
+        out["v"].append(embed_images(feats, mask).numpy())
+        out["v_mask"].append(mask.numpy())
+        out["boxes"].append(batch["boxes"][:take].numpy())
+        out["image_ids"].extend(x.decode() for x in batch["image_id"][:take].numpy())
+        tokens = batch["tokens"][:take]
+        ids, tmask = P.token_ids(tokens.values, vocab_table, max_words)
+        out["s"].append(embed_sentences(ids, tmask).numpy())
+        out["s_mask"].append(tmask.numpy())
+        out["image_of_sentence"].append(tokens.value_rowids().numpy() + n)
+        out["tokens"].extend([[t.decode() for t in sent][:max_words] for sent in tokens.values.to_list()])
+        out["raw"].extend(x.decode() for x in batch["sentences_raw"][:take].values.numpy())
+        n += take
+    if n == 0:
+        raise ValueError(f"split {split!r} in {records_dir} has no images")
+    for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "boxes"):
+        out[k] = np.concatenate(out[k])
+    return out
+
+
+class AlignTask(_RecordsTask):
+    """Alignment model trained with the bidirectional ranking loss; validated by retrieval R@1+5+10."""
+
+    name = "align"
+
+    def build_model(self):
+        m = self.cfg.model
+        word_vectors = None
+        if self.cfg.data.word_vectors:
+            from karpalign.data.word_vectors import load_pretrained
+
+            word_vectors, report = load_pretrained(self.cfg.data.word_vectors, self.vocab)
+            print(f"word vectors {self.cfg.data.word_vectors}: {report}")
+        word_dim = word_vectors.shape[1] if word_vectors is not None else m.word_dim
+        model = AlignmentModel(
+            RegionEmbedding(m.embed_dim, dropout=m.dropout, name="region_embedding"),
+            BRNNEncoder(len(self.vocab), word_dim=word_dim, hidden_dim=m.brnn_hidden, embed_dim=m.embed_dim,
+                        dropout=m.dropout, word_vectors=word_vectors, freeze_word_vectors=m.freeze_word_vectors,
+                        name="sentence_encoder"),
+            score=m.score, name="alignment_model")
+        T = self.cfg.data.max_words
+        model({"region_features": tf.zeros([1, self.num_regions, self.feature_dim]),
+               "region_mask": tf.ones([1, self.num_regions]), "token_ids": tf.zeros([1, T], tf.int32),
+               "token_mask": tf.ones([1, T])})
+        return model
+
+    def dataset(self, input_context):
+        return P.pair_dataset(self.records_dir, "train", P.vocab_table(self.records_dir),
+                              input_context=input_context, **self._data_kwargs())
+
+    def loss(self, model, batch, global_batch_size, training=True):
+        v, s = model(batch, training=training)  # (B, R, H), (B, T, H)
+        v_mask, s_mask, keys = batch["region_mask"], batch["token_mask"], batch["image_key"]
+        v_all, vm_all, s_all, sm_all, keys_all = (_gather(x) for x in (v, v_mask, s, s_mask, keys))
+        local = tf.shape(v)[0]
+        own = _replica_offset(local) + tf.range(local)
+        i2s = model.score_matrix(v, v_mask, s_all, sm_all)  # (B_local, B_global)
+        s2i = tf.transpose(model.score_matrix(v_all, vm_all, s, s_mask))  # (B_local, B_global)
+        total = bidirectional_loss(tf.cast(i2s, tf.float32), tf.cast(s2i, tf.float32), own, keys, keys_all,
+                                   margin=self.cfg.model.margin, kind=self.cfg.model.loss)
+        return total / global_batch_size
+
+    def validate(self, model):
+        from karpalign.evaluation.retrieval import retrieval_metrics, score_matrix
+
+        emb = embed_split(model, self.records_dir, "val", P.vocab_table(self.records_dir),
+                          feature_dim=self.feature_dim, num_regions=self.num_regions,
+                          max_words=self.cfg.data.max_words, max_images=self.cfg.train.val_max_images)
+        scores = score_matrix(emb["v"], emb["v_mask"], emb["s"], emb["s_mask"], score=model.score)
+        r = retrieval_metrics(scores, emb["image_of_sentence"])
+        return {"score": r["rsum"], **{f"{d}_R@{k}": r[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)}}
+
+    def save_model(self, model, out_dir):
+        model.save(os.path.join(out_dir, ALIGN_MODEL))
+        self._write_side_files(out_dir)
+
+
+class CaptionTask(_RecordsTask):
+    """mRNN generator trained with per-word cross-entropy on full images or on region snippets."""
+
+    name = "caption"
+
+    def __init__(self, cfg: Config):
+        if cfg.train.on not in ("images", "regions"):
+            raise ValueError(f"train.on must be 'images' or 'regions', got {cfg.train.on!r}")
+        self.records_dir_key = "records_dir" if cfg.train.on == "images" else "region_records_dir"
+        super().__init__(cfg)
+
+    def build_model(self):
+        m = self.cfg.model
+        model = MRNNDecoder(len(self.vocab), self.feature_dim, hidden_dim=m.gen_hidden, word_dim=m.gen_word_dim,
+                            cell=m.gen_cell, dropout=m.dropout,
+                            output_bias=log_frequency_bias(self.vocab.counts, len(self.vocab)),
+                            name="generator")
+        model({"image": tf.zeros([1, self.feature_dim]), "tokens": tf.zeros([1, 2], tf.int32)})
+        return model
+
+    def dataset(self, input_context):
+        return P.caption_dataset(self.records_dir, "train", P.vocab_table(self.records_dir),
+                                 input_context=input_context, **self._data_kwargs())
+
+    @staticmethod
+    def token_losses(model, batch, training):
+        logits = model({"image": batch["image"], "tokens": batch["tokens"]}, training=training)  # (B, T, V)
+        xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"],
+                                                              logits=tf.cast(logits, tf.float32))
+        return xent * batch["target_mask"]  # (B, T)
+
+    def loss(self, model, batch, global_batch_size, training=True):
+        # Sum of word losses per sentence, averaged over the global batch of sentences.
+        return tf.reduce_sum(self.token_losses(model, batch, training)) / global_batch_size
+
+    def validate(self, model):
+        ds = P.caption_dataset(self.records_dir, "val", P.vocab_table(self.records_dir), shuffle=False,
+                               repeat=False, **{**self._data_kwargs(), "global_batch_size": 64})
+        step = tf.function(lambda b: self.token_losses(model, b, False))
+        total, words, n = 0.0, 0.0, 0
+        for batch in ds:
+            total += float(tf.reduce_sum(step(batch)))
+            words += float(tf.reduce_sum(batch["target_mask"]))
+            n += int(batch["image"].shape[0])
+            if n >= self.cfg.train.val_max_images * 5:
+                break
+        if words == 0:
+            raise ValueError(f"no validation sentences in {self.records_dir} (split 'val')")
+        nll = total / words
+        return {"score": -nll, "word_nll": nll, "perplexity": float(np.exp(nll))}
+
+    def save_model(self, model, out_dir):
+        model.save(os.path.join(out_dir, CAPTION_MODEL))
+        self._write_side_files(out_dir)
+
+
+TASKS = {"align": AlignTask, "caption": CaptionTask}
