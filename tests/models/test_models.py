@@ -1,0 +1,130 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from karpalign.layers import BRNNEncoder, RegionEmbedding
+from karpalign.losses import bidirectional_loss
+from karpalign.models.alignment_model import AlignmentModel
+from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
+from karpalign.models.scores import brnn_score, defrag_score, global_score, get_score
+
+
+def _inputs():
+    return {"region_features": tf.random.stateless_normal([2, 3, 5], [1, 2]),
+            "region_mask": tf.constant([[1.0, 1, 0], [1, 1, 1]]),
+            "token_ids": tf.constant([[4, 5, 6, 0], [7, 0, 0, 0]]),
+            "token_mask": tf.constant([[1.0, 1, 1, 0], [1, 0, 0, 0]])}
+
+
+def test_scores_match_loops_and_respect_masks():
+    rng = np.random.default_rng(0)
+    v, s = rng.normal(size=(3, 4, 6)).astype("f4"), rng.normal(size=(2, 5, 6)).astype("f4")
+    vm = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], "f4")
+    sm = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "f4")
+    brnn, defrag, glob = (f(v, vm, s, sm).numpy() for f in (brnn_score, defrag_score, global_score))
+    for k in range(3):
+        for l in range(2):
+            R, T = int(vm[k].sum()), int(sm[l].sum())
+            dots = v[k, :R] @ s[l, :T].T  # (R, T)
+            assert brnn[k, l] == pytest.approx(dots.max(0).sum(), rel=1e-5)
+            assert defrag[k, l] == pytest.approx(np.maximum(dots, 0).sum(), rel=1e-5, abs=1e-6)
+            assert glob[k, l] == pytest.approx(v[k, :R].mean(0) @ s[l, :T].mean(0), rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown score"):
+        get_score("cosine")
+
+
+def test_ranking_loss_matches_equation_9():
+    S = np.array([[3.0, 2.5, 0.0], [1.0, 2.0, 2.2], [0.0, 0.0, 0.5]], "f4")
+    ids = np.arange(3)
+    expected = 0.0
+    for k in range(3):
+        for l in range(3):
+            if l != k:
+                expected += max(0, S[k, l] - S[k, k] + 1) + max(0, S[l, k] - S[k, k] + 1)
+    got = bidirectional_loss(S, S.T, tf.range(3), ids, ids, margin=1.0).numpy()
+    assert got == pytest.approx(expected)
+    hardest = sum(max(max(0, S[k, l] - S[k, k] + 1) for l in range(3) if l != k) +
+                  max(max(0, S[l, k] - S[k, k] + 1) for l in range(3) if l != k) for k in range(3))
+    assert bidirectional_loss(S, S.T, tf.range(3), ids, ids, kind="vsepp").numpy() == pytest.approx(hardest)
+
+
+def test_captions_of_the_same_image_are_not_negatives():
+    S = np.array([[2.0, 5.0], [5.0, 2.0]], "f4")  # pair 0 and 1 are two captions of one image
+    same = np.array([7, 7])
+    assert bidirectional_loss(S, S.T, tf.range(2), same, same).numpy() == 0.0
+    assert bidirectional_loss(S, S.T, tf.range(2), np.arange(2), np.arange(2)).numpy() > 0
+
+
+def test_brnn_backward_pass_ignores_padding():
+    enc = BRNNEncoder(10, word_dim=4, hidden_dim=6, embed_dim=5)
+    short = enc(tf.constant([[4, 5]]), tf.constant([[1.0, 1]]))
+    padded = enc(tf.constant([[4, 5, 9, 9]]), tf.constant([[1.0, 1, 0, 0]]))
+    np.testing.assert_allclose(short[0], padded[0, :2], atol=1e-6)
+    np.testing.assert_allclose(padded[0, 2:], 0)
+
+
+def test_frozen_pretrained_word_vectors():
+    vectors = np.arange(40, dtype="f4").reshape(10, 4)
+    enc = BRNNEncoder(10, word_dim=4, hidden_dim=6, embed_dim=5, word_vectors=vectors, freeze_word_vectors=True)
+    enc(tf.constant([[1]]), tf.constant([[1.0]]))
+    np.testing.assert_allclose(enc.embedding.embeddings.numpy(), vectors)
+    assert all(w is not enc.embedding.embeddings for w in enc.trainable_weights)
+    assert len(enc.trainable_weights) == len(enc.weights) - 1
+    with pytest.raises(ValueError, match="word_vectors has shape"):
+        BRNNEncoder(10, word_dim=3, word_vectors=vectors)
+
+
+def _alignment_model():
+    return AlignmentModel(RegionEmbedding(8, dropout=0.1), BRNNEncoder(10, 4, 6, 8, dropout=0.1), score="brnn")
+
+
+def test_alignment_model_config_and_save_load(tmp_path):
+    model = _alignment_model()
+    v, s = model(_inputs())
+    assert v.shape == (2, 3, 8) and s.shape == (2, 4, 8)
+    np.testing.assert_allclose(v[0, 2], 0)  # masked region
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    v2, s2 = again(_inputs())
+    np.testing.assert_allclose(v, v2, atol=1e-6)
+    np.testing.assert_allclose(s, s2, atol=1e-6)
+    assert again.get_config()["score"] == "brnn"
+    for layer in (RegionEmbedding(8, dropout=0.2), BRNNEncoder(10, 4, 6, 8, dropout=0.3)):
+        cfg = layer.get_config()
+        assert type(layer).from_config(cfg).get_config() == cfg
+    with pytest.raises(ValueError, match="embed_dim"):
+        AlignmentModel(RegionEmbedding(8), BRNNEncoder(10, 4, 6, 9))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_mrnn_step_matches_teacher_forcing_and_save_load(tmp_path, cell):
+    bias = log_frequency_bias([0, 5, 0, 10, 100, 3, 1, 1, 1, 1], 10)
+    model = MRNNDecoder(10, 6, hidden_dim=8, word_dim=5, cell=cell, dropout=0.2, output_bias=bias)
+    image = tf.random.stateless_normal([3, 6], [0, 1])
+    tokens = tf.constant([[2, 4, 5, 6], [2, 7, 0, 0], [2, 8, 9, 4]])
+    logits = model({"image": image, "tokens": tokens})
+    np.testing.assert_allclose(model.output_proj.bias.numpy(), bias)
+    state = model.initial_state(image)
+    for t in range(4):
+        step_logits, state = model.step(tokens[:, t], state)
+        np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
+    path = str(tmp_path / "g.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(again({"image": image, "tokens": tokens}), logits, atol=1e-5)
+    assert again.get_config()["cell"] == cell
+
+
+def test_image_enters_only_at_the_first_step():
+    model = MRNNDecoder(10, 6, hidden_dim=8, word_dim=5)
+    tokens = tf.constant([[2, 4, 5]])
+    a = model({"image": tf.zeros([1, 6]), "tokens": tokens})
+    b = model({"image": tf.ones([1, 6]), "tokens": tokens})
+    assert not np.allclose(a[:, 0], b[:, 0])
+    # The image changes later steps only through the recurrent state: with W_hh = 0 they are equal.
+    model.w_hh.assign(tf.zeros_like(model.w_hh))
+    a = model({"image": tf.zeros([1, 6]), "tokens": tokens})
+    b = model({"image": tf.ones([1, 6]), "tokens": tokens})
+    np.testing.assert_allclose(a[:, 1:], b[:, 1:], atol=1e-6)
