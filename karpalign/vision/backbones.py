@@ -1,0 +1,291 @@
+"""Pluggable CNN backbones: one interface, three sources, chosen by a spec string.
+
+A backbone turns images into one feature vector each. Specs (also the ``name`` recorded in manifests, so
+``get_backbone(backbone.name)`` rebuilds the same backbone):
+
+- ``efficientnet_lite0``          built-in EfficientNet-Lite0 with ImageNet weights, 1280-d, 224 px (default)
+- ``keras:<path>``                a Keras model file (.keras / .h5); a 4-D output is global-average-pooled
+- ``hub:<handle or folder>``      anything ``tensorflow_hub.load`` opens (honours ``TFHUB_CACHE_DIR``; a local
+                                  SavedModel folder works too); a 4-D output is global-average-pooled
+
+Options follow the spec after ``|``: ``|size=H,W`` (the default input size) and ``|range=LO,HI`` (pixel values
+0..255 are mapped linearly onto LO..HI before the model sees them). Defaults: ``keras:`` models get raw
+0..255 pixels (save your model with its own preprocessing layers inside, as keras.applications models such
+as EfficientNet do); ``hub:`` models get 0..1, the TF Hub image convention. The built-in backbone's
+preprocessing is fixed by its weights.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+DEFAULT_SPEC = "efficientnet_lite0"
+DEFAULT_INPUT_SIZE = (224, 224)
+_BATCH = 32  # images per forward pass; bounds memory for large region batches
+
+
+class Backbone:
+    """Images -> (N, D) features. Subclasses pass ``model_fn``: float batch -> (N, D), (N, h, w, D) or a dict.
+
+    Attributes: ``name`` (spec string, identity for manifests), ``input_size`` (H, W) that :meth:`preprocess`
+    resizes to by default, ``fixed_size`` (True when the network accepts only ``input_size``),
+    ``feature_dim`` (D).
+    """
+
+    def __init__(self, name: str, input_size: tuple[int, int], value_range: tuple[float, float] | None,
+                 model_fn: Callable[[tf.Tensor], tf.Tensor], fixed_size: bool = False):
+        self.name = name
+        self.input_size = _check_size(input_size, name)
+        self.value_range = value_range
+        self.fixed_size = fixed_size
+        if not isinstance(model_fn, tf.types.experimental.PolymorphicFunction):
+            model_fn = tf.function(model_fn, reduce_retracing=True)
+        self._model_fn = model_fn
+        self._feature_dim: int | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size})"
+
+    # ---- preprocessing ------------------------------------------------------------------------------------
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixel values in [0, 255] -> float32 network input (no resizing)."""
+        x = np.asarray(pixels, dtype=np.float32)
+        lo, hi = self.value_range
+        return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
+
+    def preprocess(self, images, size: tuple[int, int] | None = None) -> np.ndarray:
+        """uint8 (or float 0..255) images ``(N, H, W, 3)`` -> float32 network input ``(N, h, w, 3)``.
+
+        Images are resized (bilinear, antialiased) to ``size`` (default ``input_size``) unless they
+        already have that size. Variable-size backbones accept any ``size``; fixed-size ones only their
+        ``input_size``.
+        """
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"backbone {self.name}: preprocess needs (N, H, W, 3) images, "
+                             f"got {images.shape}")
+        size = _check_size(size or self.input_size, self.name)
+        if self.fixed_size and size != self.input_size:
+            raise ValueError(f"backbone {self.name} only accepts {self.input_size} inputs, asked for {size}")
+        if images.shape[1:3] != size:
+            images = tf.cast(images, tf.float32)
+            images = tf.image.resize(images, size, antialias=True).numpy()  # (N, h, w, 3)
+            images = np.clip(images, 0.0, 255.0)
+        return self.normalize(images)
+
+    # ---- features -----------------------------------------------------------------------------------------
+    def __call__(self, images) -> np.ndarray:
+        """Preprocessed float images ``(N, h, w, 3)`` -> float32 features ``(N, D)``, in batches of 32."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"backbone {self.name}: expected (N, H, W, 3) float images, got {images.shape}")
+        chunks = [self._features(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)]
+        if not chunks:
+            return np.zeros((0, self.feature_dim), np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def _features(self, batch: np.ndarray) -> np.ndarray:
+        out = self._model_fn(tf.constant(batch))
+        if isinstance(out, dict):
+            out = _pick_output(out, self.name)
+        out = tf.convert_to_tensor(out)
+        if out.shape.rank == 4:
+            out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
+        if out.shape.rank != 2:
+            raise ValueError(f"backbone {self.name}: model output has shape {out.shape}; need (N, D) or 4-D")
+        return out.numpy().astype(np.float32)
+
+    @property
+    def feature_dim(self) -> int:
+        """D, found by running one blank image through the model (once)."""
+        if self._feature_dim is None:
+            h, w = self.input_size
+            blank = self.normalize(np.zeros((1, h, w, 3), np.float32))
+            self._feature_dim = int(self._features(blank).shape[1])
+        return self._feature_dim
+
+    def features_from_images(self, images) -> np.ndarray:
+        """uint8 images ``(N, H, W, 3)`` -> ``(N, D)``: :meth:`preprocess` then the network."""
+        return self(self.preprocess(images))
+
+
+_BUILTIN_MODELS: dict[str, tuple] = {}
+_BUILTIN_LOCK = threading.Lock()
+
+
+def _builtin_feature_model():
+    """One shared inference-only EfficientNet-Lite0 feature model (and its traced function) per process and
+    weights cache folder -> (model, tf.function).
+
+    Building the 200-layer graph, loading weights and tracing take seconds; Beam workers and tests create
+    several backbones (e.g. at different input sizes), and they never modify the model, so they share it.
+    """
+    from karpalign.vision import efficientnet_lite
+
+    key = efficientnet_lite.cache_dir()
+    with _BUILTIN_LOCK:  # Beam may run several DoFn threads per worker process
+        if key not in _BUILTIN_MODELS:
+            model = efficientnet_lite.efficientnet_lite0(include_top=False, weights="imagenet")
+            fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            _BUILTIN_MODELS[key] = (model, fn)
+        return _BUILTIN_MODELS[key]
+
+
+class EfficientNetLite0Backbone(Backbone):
+    """The built-in backbone: EfficientNet-Lite0, ImageNet weights, (x - 127) / 128, 1280-d features."""
+
+    def __init__(self, input_size: tuple[int, int] | None = None):
+        from karpalign.vision import efficientnet_lite
+
+        model, model_fn = _builtin_feature_model()  # (B, H, W, 3) -> (B, 1280)
+        size = tuple(input_size or efficientnet_lite.DEFAULT_INPUT_SIZE)
+        value_range = (-efficientnet_lite.PIXEL_MEAN / efficientnet_lite.PIXEL_STD,
+                       (255.0 - efficientnet_lite.PIXEL_MEAN) / efficientnet_lite.PIXEL_STD)
+        super().__init__(_format_name(DEFAULT_SPEC, size, efficientnet_lite.DEFAULT_INPUT_SIZE, None, None),
+                         size, value_range, model_fn)
+        self._feature_dim = efficientnet_lite.FEATURE_DIM
+        self.model = model
+
+
+class KerasBackbone(Backbone):
+    """A Keras model file. Input size comes from the model when it is fixed, else ``input_size`` or 224."""
+
+    DEFAULT_RANGE = (0.0, 255.0)
+
+    def __init__(self, path: str, input_size=None, value_range=None):
+        import keras
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"keras backbone: model file {path} does not exist")
+        if not path.endswith((".keras", ".h5")):
+            raise ValueError(f"keras backbone: {path} is not a .keras or .h5 file")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:
+            raise ValueError(f"keras backbone: cannot load {path} ({type(exc).__name__}: {exc})") from exc
+        shape = tuple(model.inputs[0].shape) if model.inputs else ()
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"keras backbone: {path} must take (N, H, W, 3) images, its input is {shape}")
+        fixed = shape[1] is not None and shape[2] is not None
+        if fixed:
+            if input_size is not None and tuple(input_size) != (shape[1], shape[2]):
+                raise ValueError(f"keras backbone: {path} has a fixed input {shape[1:3]}, not {input_size}")
+            input_size = (shape[1], shape[2])
+        size = tuple(input_size or DEFAULT_INPUT_SIZE)
+        value_range = tuple(value_range or self.DEFAULT_RANGE)
+        name = _format_name(f"keras:{os.path.abspath(path)}", size, DEFAULT_INPUT_SIZE, value_range,
+                            self.DEFAULT_RANGE, size_is_default=fixed)
+        super().__init__(name, size, value_range, lambda x: model(x, training=False), fixed_size=fixed)
+        self.model = model
+
+
+class HubBackbone(Backbone):
+    """A TF Hub handle or local SavedModel folder, loaded with ``tensorflow_hub.load``."""
+
+    DEFAULT_RANGE = (0.0, 1.0)
+
+    def __init__(self, handle: str, input_size=None, value_range=None):
+        import tensorflow_hub as hub
+
+        try:
+            obj = hub.load(handle)
+        except Exception as exc:
+            raise ValueError(f"hub backbone: cannot load {handle!r} ({type(exc).__name__}: {exc})") from exc
+        if callable(obj):
+            fn = lambda x: obj(x)  # noqa: E731 -- TF2 SavedModels restore a callable __call__
+        elif "serving_default" in getattr(obj, "signatures", {}):
+            fn = _signature_caller(obj.signatures["serving_default"], handle)
+        else:
+            raise ValueError(f"hub backbone: {handle!r} is neither callable nor has a serving_default "
+                             "signature")
+        size = tuple(input_size or DEFAULT_INPUT_SIZE)
+        value_range = tuple(value_range or self.DEFAULT_RANGE)
+        if os.path.isdir(handle):
+            handle = os.path.abspath(handle)
+        name = _format_name(f"hub:{handle}", size, DEFAULT_INPUT_SIZE, value_range, self.DEFAULT_RANGE)
+        super().__init__(name, size, value_range, fn)
+        self.module = obj
+
+
+def get_backbone(spec: str = DEFAULT_SPEC, input_size: tuple[int, int] | None = None) -> Backbone:
+    """Builds a backbone from a spec string (see the module doc); ``input_size`` overrides ``|size=``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")
+    base, options = _parse_spec(spec)
+    size = tuple(input_size) if input_size is not None else options.get("size")
+    value_range = options.get("range")
+    if base == DEFAULT_SPEC:
+        if value_range is not None:
+            raise ValueError(f"backbone spec {spec!r}: the built-in backbone's pixel range is fixed by "
+                             "its weights")
+        return EfficientNetLite0Backbone(size)
+    if base.startswith("keras:"):
+        return KerasBackbone(base[len("keras:"):], size, value_range)
+    if base.startswith("hub:"):
+        return HubBackbone(base[len("hub:"):], size, value_range)
+    raise ValueError(f"unknown backbone spec {spec!r}: use {DEFAULT_SPEC!r}, 'keras:<model file>' or "
+                     "'hub:<handle or SavedModel folder>'")
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+
+def _check_size(size, name: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"backbone {name}: size must be (H, W), got {size!r}") from None
+    if h < 8 or w < 8:
+        raise ValueError(f"backbone {name}: size {h}x{w} is too small (min 8x8)")
+    return (h, w)
+
+
+def _parse_spec(spec: str) -> tuple[str, dict]:
+    base, *parts = spec.strip().split("|")
+    options: dict = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        try:
+            numbers = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise ValueError(f"backbone spec {spec!r}: option {part!r} needs numbers") from None
+        if key == "size" and len(numbers) == 2 and all(n == int(n) for n in numbers):
+            options["size"] = (int(numbers[0]), int(numbers[1]))
+        elif key == "range" and len(numbers) == 2 and numbers[0] != numbers[1]:
+            options["range"] = numbers
+        else:
+            raise ValueError(f"backbone spec {spec!r}: bad option {part!r} (use size=H,W or range=LO,HI)")
+    return base, options
+
+
+def _format_name(base, size, default_size, value_range, default_range, size_is_default=False) -> str:
+    name = base
+    if tuple(size) != tuple(default_size) and not size_is_default:
+        name += f"|size={size[0]},{size[1]}"
+    if value_range is not None and tuple(value_range) != tuple(default_range):
+        name += f"|range={value_range[0]:g},{value_range[1]:g}"
+    return name
+
+
+def _pick_output(outputs: dict, name: str):
+    for key in ("default", "feature_vector", "features", "pooled_output"):
+        if key in outputs:
+            return outputs[key]
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    raise ValueError(f"backbone {name}: model returns several outputs {sorted(outputs)}; cannot tell "
+                     "which is the feature vector (name it 'default' or 'feature_vector')")
+
+
+def _signature_caller(signature, handle: str):
+    _, kwargs = signature.structured_input_signature
+    if len(kwargs) != 1:
+        raise ValueError(f"hub backbone: {handle!r} serving_default takes inputs {sorted(kwargs)}; "
+                         "need exactly one")
+    (input_name,) = kwargs
+    return lambda x: signature(**{input_name: x})

@@ -1,0 +1,224 @@
+"""Region proposers, region crops and region features.
+
+The paper describes each image by R = 20 regions: the full image plus the top K = 19 detections of an R-CNN.
+Every proposer here returns a float32 array ``(R', 4)`` of normalised ``[ymin, xmin, ymax, xmax]`` boxes with
+the full image ``[0, 0, 1, 1]`` FIRST and ``R' <= K + 1``; :func:`pad_boxes` pads to a fixed R with a mask.
+
+- :class:`BoxesProposer`    boxes given with the record (e.g. the synthetic scenes' ground truth)
+- :class:`GridProposer`     a fixed multi-scale grid, no model needed
+- :class:`DetectorProposer` any SavedModel / TF Hub detector with TF Object Detection API outputs
+
+Each proposer has ``name`` (identity string for manifests) and ``propose(image, boxes=None)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+FULL_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+DEFAULT_K = 19
+_DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
+
+
+def check_boxes(boxes, where: str = "boxes") -> np.ndarray:
+    """Validates normalised boxes -> float32 ``(N, 4)``; errors name ``where`` and the bad row."""
+    arr = np.asarray(boxes, dtype=np.float32)
+    if arr.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{where}: expected (N, 4) [ymin, xmin, ymax, xmax] boxes, got shape {arr.shape}")
+    bad = ~np.isfinite(arr).all(axis=1) | (arr < 0).any(axis=1) | (arr > 1).any(axis=1)
+    bad |= (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{where}: box {i} = {arr[i].tolist()} is not a normalised "
+                         "[ymin, xmin, ymax, xmax] box "
+                         "inside [0, 1] with ymin < ymax and xmin < xmax")
+    return arr
+
+
+def _with_full_image(boxes: np.ndarray) -> np.ndarray:
+    return np.concatenate([FULL_IMAGE[None], boxes.reshape(-1, 4)], axis=0).astype(np.float32)  # (1 + N, 4)
+
+
+def _check_k(k) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"K (boxes per image besides the full image) must be an int >= 0, got {k!r}")
+    return int(k)
+
+
+def pad_boxes(boxes, num_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(R', 4)`` -> (``(R, 4)`` boxes padded with zeros, ``(R,)`` bool mask). Raises if R' > R."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if len(boxes) > num_regions:
+        raise ValueError(f"{len(boxes)} boxes do not fit in {num_regions} regions")
+    out = np.zeros((num_regions, 4), np.float32)
+    out[:len(boxes)] = boxes
+    mask = np.arange(num_regions) < len(boxes)
+    return out, mask
+
+
+class BoxesProposer:
+    """Uses the boxes that come with the record (first K of them, in the record's order)."""
+
+    def __init__(self, k: int = DEFAULT_K):
+        self.k = _check_k(k)
+        self.name = f"boxes|k={self.k}"
+
+    def propose(self, image=None, boxes=None, source: str = "") -> np.ndarray:
+        """``boxes`` from the record (N, 4) -> ``(1 + min(N, K), 4)``; ``image`` is not needed."""
+        if boxes is None:
+            raise ValueError(f"{source or 'record'}: BoxesProposer needs the record's boxes, but it has none")
+        return _with_full_image(check_boxes(boxes, f"{source or 'record'} boxes")[:self.k])
+
+
+def _grid_levels():
+    """Yields the grid's levels, coarse to fine, each a list of (ymin, xmin, ymax, xmax) tuples."""
+    yield [(0, 0, .5, 1), (.5, 0, 1, 1), (0, 0, 1, .5), (0, .5, 1, 1)]  # halves
+    yield [(0, 0, .5, .5), (0, .5, .5, 1), (.5, 0, 1, .5), (.5, .5, 1, 1)]  # quadrants
+    yield [(1 / 6, 1 / 6, 5 / 6, 5 / 6), (.25, .25, .75, .75)]  # centred 2/3 and 1/2
+    n = 3
+    while True:
+        yield [(i / n, j / n, (i + 1) / n, (j + 1) / n) for i in range(n) for j in range(n)]
+        n += 1
+
+
+def grid_boxes(k: int = DEFAULT_K) -> np.ndarray:
+    """The first ``k`` boxes of a coarse-to-fine multi-scale grid, as float32 ``(k, 4)``.
+
+    Order: 4 halves (top, bottom, left, right), 4 quadrants, 2 centred boxes (2/3 and 1/2 of each side),
+    then n x n grids for n = 3, 4, 5, ... For K = 19 that is halves + quadrants + centres + the 3 x 3 grid.
+    Within a level that does not fit completely, cells nearest the image centre come first, so a cut keeps
+    the layout symmetric-ish and centred (where photographers put the subject).
+    """
+    k = _check_k(k)
+    out: list[tuple[float, ...]] = []
+    levels = _grid_levels()
+    while len(out) < k:
+        level = next(levels)
+        if len(out) + len(level) > k:
+            level = sorted(level, key=lambda b: ((b[0] + b[2]) / 2 - .5) ** 2 + ((b[1] + b[3]) / 2 - .5) ** 2)
+        out.extend(level[:k - len(out)])
+    return np.array(out, np.float32).reshape(-1, 4)
+
+
+class GridProposer:
+    """A fixed multi-scale grid of K boxes (see :func:`grid_boxes`); the same for every image."""
+
+    def __init__(self, k: int = DEFAULT_K):
+        self.k = _check_k(k)
+        self.name = f"grid|k={self.k}"
+        self._boxes = _with_full_image(grid_boxes(self.k))  # (1 + K, 4)
+
+    def propose(self, image=None, boxes=None, source: str = "") -> np.ndarray:
+        return self._boxes.copy()
+
+
+class DetectorProposer:
+    """Top-K boxes of an object detector: score threshold, class-agnostic NMS, then the K best.
+
+    ``model`` is a SavedModel folder or TF Hub handle (loaded with ``tensorflow_hub.load``) that maps a uint8
+    image ``[1, H, W, 3]`` to a dict with ``detection_boxes`` (1, N, 4) normalised [ymin, xmin, ymax, xmax],
+    ``detection_scores`` (1, N) and ``detection_classes`` (1, N) -- the TF Object Detection API convention.
+    """
+
+    def __init__(self, model: str, score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                 k: int = DEFAULT_K):
+        import tensorflow_hub as hub
+
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < float(iou_threshold) <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        self.k = _check_k(k)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.model_path = os.path.abspath(model) if os.path.isdir(model) else model
+        try:
+            self.detector = hub.load(model)
+        except Exception as exc:
+            raise ValueError(f"detector {model!r}: cannot load ({type(exc).__name__}: {exc})") from exc
+        self.name = (f"detector:{self.model_path}|k={self.k}|score={self.score_threshold:g}"
+                     f"|iou={self.iou_threshold:g}")
+
+    def _run(self, image: np.ndarray) -> dict:
+        x = tf.constant(image[None], tf.uint8)  # (1, H, W, 3)
+        if callable(self.detector):
+            return self.detector(x)
+        signature = self.detector.signatures["serving_default"]
+        (input_name,) = signature.structured_input_signature[1]
+        return signature(**{input_name: x})
+
+    def detect(self, image, source: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs the detector and keeps the top K after thresholding and NMS -> (boxes, scores, classes)."""
+        where = source or "image"
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{where}: detector input must be uint8 (H, W, 3), "
+                             f"got {image.dtype} {image.shape}")
+        out = self._run(image)
+        missing = [key for key in _DETECTOR_OUTPUTS if key not in out]
+        if missing:
+            raise ValueError(f"detector {self.model_path}: outputs {sorted(out)} lack {missing}")
+        boxes = tf.reshape(tf.cast(out["detection_boxes"], tf.float32), [-1, 4])  # (N, 4)
+        scores = tf.reshape(tf.cast(out["detection_scores"], tf.float32), [-1])  # (N,)
+        classes = tf.reshape(tf.cast(out["detection_classes"], tf.float32), [-1])  # (N,)
+        if "num_detections" in out:  # OD API pads to a fixed N; only the first num_detections are real
+            n = tf.cast(tf.reshape(out["num_detections"], [-1])[0], tf.int32)
+            boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
+        boxes = tf.clip_by_value(boxes, 0.0, 1.0)
+        area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes clipped to nothing
+        boxes, scores, classes = (tf.boolean_mask(t, area_ok) for t in (boxes, scores, classes))
+        keep = tf.image.non_max_suppression(boxes, scores, max_output_size=self.k,
+                                            iou_threshold=self.iou_threshold,
+                                            score_threshold=self.score_threshold)  # (<= K,), best first
+        return (tf.gather(boxes, keep).numpy(), tf.gather(scores, keep).numpy(),
+                tf.gather(classes, keep).numpy().astype(np.int64))
+
+    def propose(self, image, boxes=None, source: str = "") -> np.ndarray:
+        return _with_full_image(self.detect(image, source)[0])
+
+
+def get_proposer(spec: str, k: int = DEFAULT_K, score_threshold: float = 0.3, iou_threshold: float = 0.5):
+    """``"boxes"``, ``"grid"`` or ``"detector:<SavedModel folder or hub handle>"`` -> a proposer."""
+    if spec == "boxes":
+        return BoxesProposer(k)
+    if spec == "grid":
+        return GridProposer(k)
+    if spec.startswith("detector:"):
+        return DetectorProposer(spec[len("detector:"):], score_threshold, iou_threshold, k)
+    raise ValueError(f"unknown region proposer {spec!r}: use 'boxes', 'grid' or 'detector:<model>'")
+
+
+def crop_regions(image, boxes, size: int) -> np.ndarray:
+    """Crops and resizes every box in ONE batched ``tf.image.crop_and_resize`` call.
+
+    image uint8 (H, W, 3), boxes (R, 4) normalised -> float32 ``(R, size, size, 3)`` with pixel values 0..255
+    (bilinear; no antialiasing, so for very large images shrink them first if aliasing matters).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"crop_regions: image must be (H, W, 3), got {image.shape}")
+    boxes = check_boxes(boxes, "crop_regions boxes")
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"crop_regions: size must be a positive int, got {size!r}")
+    if len(boxes) == 0:
+        return np.zeros((0, size, size, 3), np.float32)
+    crops = tf.image.crop_and_resize(
+        tf.cast(image[None], tf.float32),  # (1, H, W, 3)
+        boxes,  # (R, 4)
+        tf.zeros([len(boxes)], tf.int32),  # (R,) every box is in image 0
+        crop_size=(int(size), int(size)),
+        method="bilinear")  # (R, size, size, 3)
+    return crops.numpy()
+
+
+def region_features(backbone, image, boxes, crop_size: int | None = None) -> np.ndarray:
+    """CNN features of every region: crop (at ``crop_size``, default the backbone's input height), preprocess,
+    run the backbone -> float32 ``(R, D)``. The backbone must accept ``crop_size`` x ``crop_size`` inputs."""
+    crop_size = int(crop_size or backbone.input_size[0])
+    crops = crop_regions(image, boxes, crop_size)  # (R, S, S, 3)
+    return backbone(backbone.preprocess(crops, size=(crop_size, crop_size)))  # (R, D)
