@@ -1,0 +1,11 @@
+"""Apache Beam feature extraction: records -> image bytes -> regions -> CNN features -> TFRecord shards.
+
+Modules (workers import them by module path, so every DoFn and element class lives here, never in a script):
+
+- ``elements``    the values that flow through the pipeline (:class:`ImageItem`, :class:`DeadLetter`) and the
+                  failure stage names
+- ``transforms``  the DoFns and the small labelled composites (``ReadImageBytes``, ``DecodeImages``,
+                  ``ProposeRegions``, ``ExtractFeatures``, ``EncodeExamples``, ``WriteSplits``, ...)
+- ``job``         :class:`ExtractConfig`, :func:`build_pipeline` and :func:`run_extract` (vocabulary, counts,
+                  manifest, the input = written + failed check)
+"""
