@@ -1,13 +1,15 @@
 """Small learnable data in karpalign's formats, for tests and examples.
 
 Each image holds 1-3 objects (a colour and a shape); its region features are a fixed random code of the
-object's colour plus one of its shape (plus noise), region 0 being the mean of the objects. Each sentence
+object's colour plus one of its shape (plus noise), region 0 being the mean of the objects. A Karpathy
+``dataset.json`` next to the shards holds the boxes and the phrase links (image files do not exist). Each sentence
 names the objects ("a red circle and a blue star"), so an alignment model can learn which words go to which
 regions and a generator can learn to describe the image.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -25,6 +27,7 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
     codes = {w: rng.normal(size=feature_dim).astype("f4") for w in COLOURS + SHAPES}
     counts = {}
     token_lists = []
+    images = []
     for split, n in (("train", num_train), ("val", num_val), ("test", num_test)):
         examples = []
         for i in range(n):
@@ -34,17 +37,25 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
             feats = np.stack([np.mean(feats, 0)] + feats).astype("f4")
             boxes = np.array([[0, 0, 1, 1]] + [[0.1 * j, 0.1 * j, 0.1 * j + 0.3, 0.1 * j + 0.3]
                                                for j in range(k)], "f4")
-            sents = []
+            sents, entries = [], []
             for _ in range(2):
                 order = rng.permutation(k)
-                tokens = []
+                tokens, phrases = [], []
                 for j, o in enumerate(order):
-                    tokens += (["and"] if j else []) + ["a", objs[o][0], objs[o][1]]
+                    tokens += ["and"] if j else []
+                    phrases.append({"start": len(tokens), "end": len(tokens) + 3, "boxes": [int(o)]})
+                    tokens += ["a", objs[o][0], objs[o][1]]
                 sents.append((" ".join(tokens), tokens))
+                entries.append({"raw": " ".join(tokens), "tokens": tokens, "phrases": phrases})
                 if split == "train":
                     token_lists.append(tokens)
-            examples.append(F.encode_example(f"{split}{i}", split, f"/toy/{split}{i}.jpg", feats, boxes, sents))
+            image_id = str(len(images))
+            images.append({"filename": f"{image_id}.jpg", "imgid": len(images), "split": split,
+                           "boxes": boxes[1:].tolist(), "sentences": entries})
+            examples.append(F.encode_example(image_id, split, f"/toy/{image_id}.jpg", feats, boxes, sents))
         counts[split] = F.write_shards(examples, out_dir, split, num_shards=shards)
+    with open(os.path.join(out_dir, "dataset.json"), "w", encoding="utf-8") as f:
+        json.dump({"dataset": "toy", "images": images}, f)
     Vocabulary.build(token_lists, min_count=1).save(os.path.join(out_dir, F.VOCAB))
     F.write_manifest(out_dir, {"feature_dim": feature_dim, "num_regions": num_regions,
                                "counts": counts, "cnn": "toy-codes", "proposer": "toy", "failures": 0,

@@ -12,3 +12,21 @@ from karpalign.testing import make_toy_records  # noqa: E402
 @pytest.fixture(scope="session")
 def toy_records(tmp_path_factory):
     return make_toy_records(str(tmp_path_factory.mktemp("toy_records")))
+
+
+SMALL_MODEL = ["model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32", "model.gen_hidden=32",
+               "model.gen_word_dim=16", "model.dropout=0.0", "data.max_words=12", "train.batch_size=20",
+               "train.optimizer=adam", "train.learning_rate=0.003", "train.log_every=5"]
+
+
+@pytest.fixture(scope="session")
+def trained_align(toy_records, tmp_path_factory):
+    """An alignment model trained on the toy records (120 steps); returns (output dir, TrainResult)."""
+    from karpalign.config import load_config
+    from karpalign.training.loop import train
+    from karpalign.training.tasks import AlignTask
+
+    out = str(tmp_path_factory.mktemp("trained_align"))
+    cfg = load_config(None, SMALL_MODEL + [f"data.records_dir={toy_records}", f"runtime.output_dir={out}",
+                                           "train.steps=120", "train.eval_every=60"])
+    return out, train(cfg, AlignTask, progress=False)

@@ -79,7 +79,7 @@ def pair_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int,
     ds = ds.batch(64).map(lambda s: F.parse_examples(s, feature_dim, num_regions), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda b: _explode_pairs(b, vocab_table, max_words), num_parallel_calls=AUTOTUNE).unbatch()
     if shuffle:
-        ds = ds.shuffle(max(4 * batch, 256), seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(4 * global_batch_size, 256), seed=seed + 1, reshuffle_each_iteration=True)
     return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 

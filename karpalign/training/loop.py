@@ -59,12 +59,13 @@ class TrainResult:
     best: dict
     history: list
     seconds: float
+    losses: list  # training loss of every step run by this call
 
 
 def make_optimizer(cfg: Config):
     t = cfg.train
-    common = dict(learning_rate=t.learning_rate, clipvalue=t.clip_value or None,
-                  weight_decay=t.weight_decay or None)
+    # Clipping is done by the loop after the cross-replica sum (Keras would clip each replica's share).
+    common = dict(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None)
     if t.optimizer == "sgd":
         opt = keras.optimizers.SGD(momentum=t.momentum, **common)
     elif t.optimizer == "adam":
@@ -149,10 +150,7 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_score")
 
-    dist_ds = strategy.distribute_datasets_from_function(task.dataset)
-    iterator = iter(dist_ds)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best_score=best_score,
-                               iterator=iterator)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best_score=best_score)
     manager = tf.train.CheckpointManager(ckpt, _checkpoint_dir(out_dir, strategy, "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
     best_ckpt = tf.train.Checkpoint(model=model)
@@ -161,11 +159,30 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", file=sys.stderr)
 
+    # The input stream is deterministic (seeded shuffles), so resuming skips the batches already consumed:
+    # the run continues with exactly the batches it would have seen, on every strategy.
+    done_steps = int(step.numpy())
+    dist_ds = strategy.distribute_datasets_from_function(lambda ctx: task.dataset(ctx).skip(done_steps))
+    iterator = iter(dist_ds)
+
+    clip = cfg.train.clip_value
+
     def replica_step(batch):
         with tf.GradientTape() as tape:
             loss = task.loss(model, batch, global_batch, training=True)
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, model.trainable_variables)]  # dense
+        # Element-wise clipping (paper: at 5) of the *global* gradient, so every strategy trains alike:
+        # sum over replicas, clip, then hand each replica 1/n of it (the optimizer sums the replicas again).
+        n = strategy.num_replicas_in_sync
+        if n > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if clip:
+            scale = optimizer.dynamic_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else 1.0
+            limit = clip * tf.cast(scale, tf.float32)
+            grads = [tf.clip_by_value(g, -tf.cast(limit, g.dtype), tf.cast(limit, g.dtype)) for g in grads]
+        if n > 1:
+            grads = [g / n for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
@@ -185,6 +202,7 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
     loss_value = float("nan")
     ran = 0
     best = {}
+    losses = []
     while int(step.numpy()) < total and (stop_after is None or ran < stop_after):
         loss_value = float(train_step(iterator))
         if not np.isfinite(loss_value):
@@ -192,12 +210,13 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
                                      f"lower train.learning_rate or check the input data")
         step.assign_add(1)
         ran += 1
+        losses.append(loss_value)
         s = int(step.numpy())
         bar.update(s, loss_value)
         if s % cfg.train.log_every == 0 or s == total:
             with writer.as_default():
                 tf.summary.scalar("train/loss", loss_value, step=s)
-                tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=s)
+                tf.summary.scalar("train/learning_rate", cfg.train.learning_rate, step=s)
         if (eval_every and s % eval_every == 0) or s == total:
             metrics = task.validate(model)
             improved = metrics["score"] > float(best_score.numpy())
@@ -233,4 +252,4 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
     if not best and history:
         best = max(history, key=lambda h: h.get("score", -np.inf))
     return TrainResult(steps=int(step.numpy()), final_loss=loss_value, best=best, history=history,
-                       seconds=time.time() - t0)
+                       seconds=time.time() - t0, losses=losses)

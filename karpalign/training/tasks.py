@@ -25,11 +25,20 @@ CAPTION_MODEL = "generator.keras"
 
 
 def _gather(x):
-    """All-gathers a per-replica tensor along the batch axis (identity without distribution)."""
+    """All-gathers a per-replica tensor along the batch axis (identity without distribution).
+
+    Built from an all-reduce of zero-padded blocks (each replica fills its own rows), which every strategy
+    supports in graph mode and differentiates (all_gather is not available under multi-worker collectives).
+    """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
-    return ctx.all_gather(x, axis=0)
+    n, me = ctx.num_replicas_in_sync, tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    local = tf.shape(x)[0]
+    rest = tf.shape(x)[1:]
+    before = tf.zeros(tf.concat([[me * local], rest], 0), x.dtype)
+    after = tf.zeros(tf.concat([[(n - 1 - me) * local], rest], 0), x.dtype)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([before, x, after], 0))
 
 
 def _replica_offset(local_batch):
