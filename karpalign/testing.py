@@ -17,6 +17,11 @@ import numpy as np
 from karpalign.data import features as F
 from karpalign.data.text import Vocabulary
 
+# Small model settings that learn the toy task in a few seconds (used by tests and examples).
+SMALL_MODEL = ["model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32", "model.gen_hidden=32",
+               "model.gen_word_dim=16", "model.dropout=0.0", "data.max_words=12", "train.batch_size=20",
+               "train.optimizer=adam", "train.learning_rate=0.003", "train.log_every=5"]
+
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "star", "cross"]
 

@@ -6,17 +6,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from karpalign.testing import make_toy_records  # noqa: E402
+from karpalign.testing import SMALL_MODEL, make_toy_records  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def toy_records(tmp_path_factory):
     return make_toy_records(str(tmp_path_factory.mktemp("toy_records")))
-
-
-SMALL_MODEL = ["model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32", "model.gen_hidden=32",
-               "model.gen_word_dim=16", "model.dropout=0.0", "data.max_words=12", "train.batch_size=20",
-               "train.optimizer=adam", "train.learning_rate=0.003", "train.log_every=5"]
 
 
 @pytest.fixture(scope="session")

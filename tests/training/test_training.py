@@ -13,7 +13,7 @@ import pytest
 
 from karpalign.config import load_config
 
-from conftest import SMALL_MODEL as SMALL
+from karpalign.testing import SMALL_MODEL as SMALL
 
 
 def _cfg(records, out, *extra):
