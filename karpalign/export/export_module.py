@@ -1,0 +1,289 @@
+"""The serving module: one ``tf.Module`` whose endpoints become the SavedModel's named signatures.
+
+Modelled on the Model Garden's ``export_base.ExportModule``: the module owns the Keras models (their weights are
+saved with it), the vocabulary tables and the exported constants, and binds named ``tf.TensorSpec`` inputs to
+each endpoint. Every endpoint takes ONE dict of named tensors and returns a dict of named outputs, so
+
+- ``tf.saved_model.save(module, dir, signatures=module.signatures())`` gives TF Serving signatures whose input
+  and output aliases are our names (never ``output_0``), and
+- the same functions are attributes of the loaded object, so ``keras.layers.TFSMLayer(dir,
+  call_endpoint="caption_features")`` can call them with a dict.
+
+Endpoints (B images or sentences, R regions, D feature dim, H embed dim, T = ``max_words``, K = ``top_k``,
+L = ``max_length``):
+
+- ``serving_default``: ``images`` string (B,) encoded JPEG/PNG/GIF/BMP -> ``captions`` string (B, K),
+  ``scores`` float32 (B, K), ``token_ids`` int32 (B, K, L), ``boxes`` (R, 4), ``region_features`` (B, R, D)
+- ``caption_features``: ``region_features`` (B, R, D), ``region_mask`` (B, R) -> ``captions``, ``scores``,
+  ``token_ids``
+- ``caption_examples``: ``examples`` string (B,) serialized tf.Example (our schema) -> the same three
+- ``embed_images``: ``region_features``, ``region_mask`` -> ``region_vectors`` (B, R, H)
+- ``embed_sentences``: ``sentences`` string (B,) raw text -> ``word_vectors`` (B, T, H), ``word_mask`` (B, T),
+  ``tokens`` string (B, T)
+- ``score``: ``region_features``, ``region_mask``, ``sentences`` -> ``scores`` (B_img, B_sent)
+- ``align``: ``region_features``, ``region_mask``, ``sentences``, ``beta`` scalar (image i with sentence i) ->
+  ``region_word_scores`` (B, T, R), ``assignment`` int32 (B, T) (-1 at padding), ``tokens`` (B, T)
+
+The image path repeats the extraction path op for op (see :mod:`karpalign.vision.proposers`): decode to uint8
+RGB (JPEG with the accurate DCT that Pillow uses, see :func:`decode_rgb`), cast to float,
+``tf.image.crop_and_resize`` (bilinear) of every box at ``crop_size``, the backbone's linear pixel mapping
+``x * (hi - lo) / 255 + lo`` in float32, the CNN (in chunks of 32 crops), global average pooling of a 4-D
+output. The generator starts from region 0, the full image. Known, documented differences from Pillow
+decoding (used by the extraction job): TF does not apply EXIF orientation and drops alpha instead of
+compositing it on white; send upright, opaque images (the client can normalise them) when the two must agree.
+
+Everything in the graph is a core TensorFlow op (tokenizer: ``tf.strings``; beam search: ``tf.while_loop``;
+MRF: ``tf.scan``), so the SavedModel loads with a plain ``import tensorflow`` and in the stock TF Serving binary.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from karpalign.alignment.mrf import tf_viterbi_align
+from karpalign.config import DecodeConfig
+from karpalign.data.features import parse_examples
+from karpalign.data.pipeline import token_ids
+from karpalign.data.text import END_ID, PAD_ID, START_ID, UNK, Vocabulary, tf_tokenize
+from karpalign.decoding.beam_search import beam_search
+from karpalign.vision.backbones import _pick_output
+
+CNN_CHUNK = 32  # crops per backbone call, as karpalign.vision.backbones does
+
+
+class ExportModule(tf.Module):
+    """Alignment model + generator (+ optional CNN backbone) behind named serving endpoints.
+
+    Args:
+        alignment: a loaded :class:`karpalign.models.alignment_model.AlignmentModel`.
+        generator: a loaded :class:`karpalign.models.mrnn_decoder.MRNNDecoder`.
+        vocab_path: the vocabulary text file (id order); becomes a SavedModel asset both lookup tables read.
+        decode: beam search settings, fixed in the graph.
+        max_words: sentences are cut to this many tokens (the alignment run's ``data.max_words``).
+        feature_dim: D of the region features (static in every signature).
+        backbone: a :class:`karpalign.vision.backbones.Backbone` for the ``serving_default`` image path, or None
+            to export without it (then there is no ``serving_default``; caption with ``caption_features``).
+        boxes: (R, 4) normalised boxes, full image first, cropped from every image (needed with a backbone).
+        crop_size: side of the square crops fed to the backbone (needed with a backbone).
+        config_path: optional resolved-config file shipped as an asset (``config.yaml`` in the assets folder).
+    """
+
+    def __init__(self, alignment, generator, vocab_path: str, *, decode: DecodeConfig, max_words: int,
+                 feature_dim: int, backbone=None, boxes=None, crop_size: int | None = None,
+                 config_path: str | None = None, name: str = "karpalign_export"):
+        super().__init__(name=name)
+        self.alignment = alignment
+        self.generator = generator
+        self.decode = decode
+        self.max_words = int(max_words)
+        self.feature_dim = int(feature_dim)
+        self.vocab = Vocabulary.load(vocab_path)
+        if generator.vocab_size != len(self.vocab):
+            raise ValueError(f"{vocab_path}: {len(self.vocab)} words, but the generator predicts "
+                             f"{generator.vocab_size}")
+        if generator.feature_dim != self.feature_dim:
+            raise ValueError(f"the generator takes {generator.feature_dim}-d image features, the records have "
+                             f"{self.feature_dim}-d ones")
+        # Assets: the vocabulary (both tables initialise from it) and the resolved config, for provenance.
+        self.vocab_asset = tf.saved_model.Asset(vocab_path)
+        self.config_asset = tf.saved_model.Asset(config_path) if config_path else None
+        self.word_to_id = self.vocab.lookup_table(vocab_path)
+        self.id_to_word = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(vocab_path, key_dtype=tf.int64,
+                                          key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+                                          value_dtype=tf.string, value_index=0, delimiter="\t"),
+            default_value=UNK)
+        self._init_backbone(backbone, boxes, crop_size)
+        self._endpoints = self._make_endpoints()
+        for endpoint_name, fn in self._endpoints.items():
+            setattr(self, endpoint_name, fn)
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    def _init_backbone(self, backbone, boxes, crop_size) -> None:
+        """Keeps what the image path needs: the CNN, its pixel mapping, the boxes and the crop size."""
+        self.backbone_name = None if backbone is None else backbone.name
+        if backbone is None:
+            self.cnn = None
+            return
+        if boxes is None or crop_size is None:
+            raise ValueError("ExportModule: a backbone needs boxes (R, 4) and a crop_size")
+        boxes = np.asarray(boxes, np.float32)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
+            raise ValueError(f"ExportModule: boxes must be (R, 4) with R >= 1, got {boxes.shape}")
+        if not np.array_equal(boxes[0], [0.0, 0.0, 1.0, 1.0]):
+            raise ValueError(f"ExportModule: box 0 must be the full image [0, 0, 1, 1], got {boxes[0].tolist()}")
+        # The backbone's own network object: a Keras model, or a TF Hub module for 'hub:' specs.
+        self.cnn = getattr(backbone, "model", None)
+        if self.cnn is None:
+            self.cnn = getattr(backbone, "module", None)
+        if self.cnn is None:
+            raise ValueError(f"backbone {backbone.name}: no Keras model or Hub module to put in the SavedModel")
+        self.cnn_is_keras = isinstance(self.cnn, keras.Model)
+        lo, hi = backbone.value_range
+        # Same float32 constants as Backbone.normalize, so the mapping is bit-identical to extraction.
+        self.pixel_scale = float(np.float32((hi - lo) / 255.0))
+        self.pixel_offset = float(np.float32(lo))
+        self.boxes = boxes
+        self.crop_size = int(crop_size)
+
+    def _make_endpoints(self) -> dict:
+        """Endpoint name -> tf.function taking one dict of named TensorSpecs."""
+        D = self.feature_dim
+        feats = tf.TensorSpec([None, None, D], tf.float32, name="region_features")
+        mask = tf.TensorSpec([None, None], tf.float32, name="region_mask")
+        sentences = tf.TensorSpec([None], tf.string, name="sentences")
+        specs = {
+            "caption_features": ({"region_features": feats, "region_mask": mask}, self.caption_features_fn),
+            "caption_examples": ({"examples": tf.TensorSpec([None], tf.string, name="examples")},
+                                 self.caption_examples_fn),
+            "embed_images": ({"region_features": feats, "region_mask": mask}, self.embed_images_fn),
+            "embed_sentences": ({"sentences": sentences}, self.embed_sentences_fn),
+            "score": ({"region_features": feats, "region_mask": mask, "sentences": sentences}, self.score_fn),
+            "align": ({"region_features": feats, "region_mask": mask, "sentences": sentences,
+                       "beta": tf.TensorSpec([], tf.float32, name="beta")}, self.align_fn),
+        }
+        if self.cnn is not None:
+            specs = {"serving_default": ({"images": tf.TensorSpec([None], tf.string, name="images")},
+                                         self.caption_images_fn), **specs}
+        return {name: _dict_endpoint(fn, spec) for name, (spec, fn) in specs.items()}
+
+    def signatures(self) -> dict:
+        """{signature name: concrete function} for ``tf.saved_model.save(..., signatures=...)``."""
+        return {name: fn.get_concrete_function() for name, fn in self._endpoints.items()}
+
+    # ---- image path -----------------------------------------------------------------------------------------
+    def image_region_features(self, images):
+        """Encoded images (B,) -> region features (B, R, D): decode, crop every box, normalise, CNN."""
+        if self.cnn is None:
+            raise ValueError("this export has no backbone; it cannot read images")
+        boxes = tf.constant(self.boxes)  # (R, 4)
+        n_boxes, size = len(self.boxes), self.crop_size
+
+        def crop_one(data):
+            pixels = tf.cast(decode_rgb(data), tf.float32)[None]  # (1, H, W, 3)
+            return tf.image.crop_and_resize(pixels, boxes, tf.zeros([n_boxes], tf.int32), [size, size],
+                                            method="bilinear")  # (R, S, S, 3)
+
+        # Images differ in size, so decode and crop one at a time; the crops all have one size.
+        crop_spec = tf.TensorSpec([n_boxes, size, size, 3], tf.float32)
+        crops = tf.map_fn(crop_one, images, fn_output_signature=crop_spec)  # (B, R, S, S, 3)
+        x = tf.reshape(crops, [-1, size, size, 3]) * self.pixel_scale + self.pixel_offset  # (B*R, S, S, 3)
+        return tf.reshape(self.cnn_features(x), [-1, n_boxes, self.feature_dim])  # (B, R, D)
+
+    def cnn_features(self, x):
+        """Network input (N, S, S, 3) -> (N, D), run in balanced chunks of at most ``CNN_CHUNK`` crops.
+
+        One big batch of B*R crops is slower on CPU than chunks of 32 (and needs more memory); the chunks are
+        balanced so that small requests are not padded: N = 5 is one chunk of 5, N = 170 six chunks of 29.
+        """
+        n = tf.shape(x)[0]
+        n_chunks = tf.maximum((n + CNN_CHUNK - 1) // CNN_CHUNK, 1)
+        chunk = (n + n_chunks - 1) // n_chunks
+        padded = tf.pad(x, [[0, n_chunks * chunk - n], [0, 0], [0, 0], [0, 0]])
+        chunks = tf.reshape(padded, tf.concat([[n_chunks, chunk], tf.shape(x)[1:]], axis=0))  # (C, chunk, S, S, 3)
+        out = tf.map_fn(self._cnn_batch, chunks, parallel_iterations=1,
+                        fn_output_signature=tf.TensorSpec([None, self.feature_dim], tf.float32))  # (C, chunk, D)
+        return tf.reshape(out, [-1, self.feature_dim])[:n]  # (N, D)
+
+    def _cnn_batch(self, x):
+        """The backbone on one batch (N, S, S, 3) -> (N, D), pooling a 4-D output as Backbone does."""
+        out = self.cnn(x, training=False) if self.cnn_is_keras else self.cnn(x)
+        if isinstance(out, dict):
+            out = _pick_output(out, self.backbone_name)
+        if out.shape.rank == 4:
+            out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
+        return tf.cast(out, tf.float32)
+
+    def caption_images_fn(self, images):
+        feats = self.image_region_features(images)  # (B, R, D)
+        out = self.caption_regions(feats)
+        out["boxes"] = tf.constant(self.boxes)  # (R, 4) the same for every image
+        out["region_features"] = feats  # (B, R, D), so a client can go on to score or align
+        return out
+
+    # ---- captioning -----------------------------------------------------------------------------------------
+    def caption_regions(self, region_features):
+        """Region features (B, R, D), region 0 the full image -> captions (B, K), scores (B, K), ids (B, K, L)."""
+        image_vec = region_features[:, 0, :]  # (B, D)
+        state = self.generator.initial_state(image_vec)
+        d = self.decode
+        result = beam_search(self.generator.step, state, tf.shape(image_vec)[0], beam_size=int(d.beam_size),
+                             max_length=int(d.max_length), start_id=START_ID, end_id=END_ID, alpha=float(d.alpha),
+                             top_k=int(d.top_k), vocab_size=len(self.vocab))
+        return {"captions": self.ids_to_text(result.ids), "scores": result.scores, "token_ids": result.ids}
+
+    def ids_to_text(self, ids):
+        """Word ids (B, K, L) -> space-joined words (B, K), stopping at END and skipping PAD/START (as
+        :meth:`Vocabulary.decode` does)."""
+        shape = tf.shape(ids)
+        flat = tf.reshape(ids, [-1, shape[-1]])  # (B*K, L)
+        ended = tf.cumsum(tf.cast(tf.equal(flat, END_ID), tf.int32), axis=-1) > 0  # END and everything after
+        keep = tf.logical_not(ended) & tf.not_equal(flat, PAD_ID) & tf.not_equal(flat, START_ID)  # (B*K, L)
+        words = tf.ragged.boolean_mask(self.id_to_word.lookup(tf.cast(flat, tf.int64)), keep)  # (B*K, None)
+        text = tf.strings.reduce_join(words, axis=-1, separator=" ")  # (B*K,)
+        return tf.reshape(text, shape[:-1])  # (B, K)
+
+    def caption_features_fn(self, region_features, region_mask):
+        full_image_present = tf.debugging.assert_greater(
+            region_mask[:, 0], 0.0, message="caption_features: region 0 (the full image) is masked out")
+        with tf.control_dependencies([full_image_present]):
+            return self.caption_regions(tf.identity(region_features))
+
+    def caption_examples_fn(self, examples):
+        parsed = parse_examples(examples, self.feature_dim)
+        return self.caption_features_fn(parsed["region_features"], parsed["region_mask"])
+
+    # ---- alignment model ------------------------------------------------------------------------------------
+    def tokenize(self, sentences):
+        """Raw sentences (B,) -> token ids (B, T), mask (B, T) float, token strings (B, T) ('' = padding)."""
+        tokens = tf_tokenize(sentences)[:, :self.max_words]  # ragged (B, None)
+        ids, mask = token_ids(tokens, self.word_to_id, self.max_words)  # (B, T), (B, T)
+        strings = tokens.to_tensor(default_value="", shape=[None, self.max_words])  # (B, T)
+        return ids, mask, strings
+
+    def embed_images_fn(self, region_features, region_mask):
+        return {"region_vectors": self.alignment.embed_images(region_features, region_mask, training=False)}
+
+    def embed_sentences_fn(self, sentences):
+        ids, mask, strings = self.tokenize(sentences)
+        s = self.alignment.embed_sentences(ids, mask, training=False)  # (B, T, H)
+        return {"word_vectors": s, "word_mask": mask, "tokens": strings}
+
+    def score_fn(self, region_features, region_mask, sentences):
+        v = self.alignment.embed_images(region_features, region_mask, training=False)  # (B_img, R, H)
+        ids, mask, _ = self.tokenize(sentences)
+        s = self.alignment.embed_sentences(ids, mask, training=False)  # (B_sent, T, H)
+        return {"scores": self.alignment.score_matrix(v, region_mask, s, mask)}  # (B_img, B_sent)
+
+    def align_fn(self, region_features, region_mask, sentences, beta):
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(region_features)[0], tf.shape(sentences)[0],
+            message="align: pairs image i with sentence i, so region_features and sentences need the same batch")
+        with tf.control_dependencies([same_batch]):
+            v = self.alignment.embed_images(region_features, region_mask, training=False)  # (B, R, H)
+        ids, mask, strings = self.tokenize(sentences)
+        s = self.alignment.embed_sentences(ids, mask, training=False)  # (B, T, H)
+        dots = tf.einsum("brh,bth->btr", v, s)  # (B, T, R)
+        assignment = tf_viterbi_align(dots, mask, region_mask, beta)  # (B, T)
+        return {"region_word_scores": dots, "assignment": assignment, "tokens": strings}
+
+
+def decode_rgb(data):
+    """Encoded image (scalar string) -> uint8 (H, W, 3), pixel-identical to Pillow for JPEG and PNG.
+
+    ``tf.io.decode_image`` decodes JPEG with libjpeg's fast integer DCT, which differs from Pillow's accurate
+    (ISLOW) DCT by up to ~15 grey levels, so served features would drift from the extracted ones. JPEGs are
+    therefore decoded with ``dct_method="INTEGER_ACCURATE"``; everything else by ``decode_image`` (first
+    frame of animations).
+    """
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]))
+
+
+def _dict_endpoint(fn, spec: dict):
+    """``fn(**inputs)`` as a tf.function of one dict argument with the named TensorSpecs ``spec``."""
+    return tf.function(lambda inputs: fn(**inputs), input_signature=[spec])

@@ -1,0 +1,257 @@
+"""Builds the serving module from training runs and writes it as a versioned SavedModel.
+
+Layout (what TF Serving's file-system source watches)::
+
+    BASE/NAME/VERSION/saved_model.pb
+                      variables/...
+                      assets/vocab.txt, assets/config.yaml
+                      assets.extra/tf_serving_warmup_requests
+
+A version is written into a hidden sibling folder ``BASE/NAME/.tmp-VERSION-...`` (TF Serving ignores names that
+are not integers) and renamed to ``VERSION`` only when complete, so a server never loads a half-written version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+
+import numpy as np
+import yaml
+
+from karpalign.config import ConfigError, DecodeConfig, load_config, to_dict
+from karpalign.data import features as F
+from karpalign.data.text import Vocabulary
+from karpalign.export.export_module import ExportModule
+
+ALIGN_MODEL = "alignment.keras"  # the names karpalign.training.tasks writes
+CAPTION_MODEL = "generator.keras"
+RUN_MANIFEST = "records_manifest.json"
+RUN_CONFIG = "config.yaml"
+PROPOSERS = ("grid",)  # proposers that can live in the graph as constants
+
+
+def next_version(model_dir: str) -> int:
+    """1 + the largest integer version folder in ``model_dir`` (1 when there is none)."""
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(name) for name in os.listdir(model_dir)
+                if name.isdigit() and os.path.isdir(os.path.join(model_dir, name))]
+    return max(versions, default=0) + 1
+
+
+# ---- reading the training runs ------------------------------------------------------------------------------
+
+
+def _require_file(run_dir: str, name: str, what: str) -> str:
+    path = os.path.join(run_dir, name)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: {what} run folder does not exist")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir} the output of karpalign-train ({what})?")
+    return path
+
+
+def _load_keras(path: str):
+    import keras
+
+    # Importing the model modules registers their classes for deserialization.
+    import karpalign.models.alignment_model  # noqa: F401
+    import karpalign.models.mrnn_decoder  # noqa: F401
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load the Keras model ({type(exc).__name__}: {exc})") from exc
+
+
+def read_run_config(run_dir: str, what: str):
+    """The resolved config.yaml a karpalign-train run wrote (errors name the file)."""
+    path = _require_file(run_dir, RUN_CONFIG, what)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _read_manifest(align_dir: str, records_dir: str | None) -> tuple[dict, str]:
+    """The records manifest: from ``records_dir`` if given, else the copy the alignment run kept."""
+    if records_dir:
+        return F.read_manifest(records_dir), os.path.join(records_dir, F.MANIFEST)
+    path = _require_file(align_dir, RUN_MANIFEST, "align")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), path
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _grid_k(manifest: dict, regions: int | None) -> int:
+    """Boxes besides the full image: --regions, else the manifest's grid k, else its num_regions - 1."""
+    if regions is not None:
+        if isinstance(regions, bool) or not isinstance(regions, int) or regions < 0:
+            raise ValueError(f"regions must be an int >= 0 (boxes besides the full image), got {regions!r}")
+        return regions
+    match = re.fullmatch(r"grid\|k=(\d+)", str(manifest.get("proposer", "")))
+    if match:
+        return int(match.group(1))
+    return max(int(manifest["num_regions"]) - 1, 0)
+
+
+def _image_path(manifest: dict, manifest_path: str, feature_dim: int, proposer: str, regions: int | None,
+                crop_size: int | None):
+    """(backbone, boxes (R, 4), crop size) for serving_default, built from the records manifest."""
+    from karpalign.vision.backbones import get_backbone
+    from karpalign.vision.proposers import GridProposer
+
+    if proposer not in PROPOSERS:
+        raise ValueError(f"proposer {proposer!r} cannot run inside the serving graph; use one of {PROPOSERS}")
+    spec = manifest.get("cnn_spec") or manifest.get("cnn")
+    if not spec:
+        raise ValueError(f"{manifest_path}: field 'cnn_spec' missing: serving_default needs the backbone that "
+                         "extracted the features (pass --records-dir of the karpalign-extract output)")
+    try:
+        backbone = get_backbone(spec)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"{manifest_path}: cnn_spec {spec!r} cannot be loaded: {exc}") from exc
+    if backbone.feature_dim != feature_dim:
+        raise ValueError(f"{manifest_path}: backbone {spec!r} gives {backbone.feature_dim}-d features, but the "
+                         f"manifest says feature_dim={feature_dim}")
+    size = int(crop_size or manifest.get("crop_size") or backbone.input_size[0])
+    if backbone.fixed_size and (size, size) != tuple(backbone.input_size):
+        raise ValueError(f"{manifest_path}: backbone {spec!r} only accepts {backbone.input_size} inputs, "
+                         f"crop size is {size}")
+    boxes = GridProposer(_grid_k(manifest, regions)).propose()  # (1 + K, 4), full image first
+    return backbone, boxes, size
+
+
+def _check_same_vocab(align_vocab: str, caption_vocab: str) -> Vocabulary:
+    a, c = Vocabulary.load(align_vocab), Vocabulary.load(caption_vocab)
+    if a.words != c.words:
+        first = next((i for i, (x, y) in enumerate(zip(a.words, c.words)) if x != y), min(len(a), len(c)))
+        raise ValueError(f"{align_vocab} and {caption_vocab} differ (sizes {len(a)} / {len(c)}, first difference "
+                         f"at id {first}); the align and caption runs must share one vocabulary")
+    return a
+
+
+def build_export_module(align_dir: str, caption_dir: str, records_dir: str | None = None, *,
+                        decode: DecodeConfig | None = None, proposer: str = "grid", regions: int | None = None,
+                        crop_size: int | None = None, with_images: bool = True,
+                        config_dir: str | None = None) -> ExportModule:
+    """Loads both runs, checks they fit together and builds the :class:`ExportModule`.
+
+    Args:
+        align_dir / caption_dir: output folders of ``karpalign-train --task align`` / ``--task caption``.
+        records_dir: records folder whose manifest names the backbone (``cnn_spec``) and ``crop_size``; default
+            the manifest copy in ``align_dir``.
+        decode: beam settings; default the caption run's ``decode`` config.
+        proposer / regions / crop_size: the in-graph region proposal (grid of ``regions`` boxes + full image).
+        with_images: False exports without ``serving_default`` (no backbone needed).
+        config_dir: where to write the resolved config asset (default: a new temporary folder).
+    """
+    align_cfg, caption_cfg = read_run_config(align_dir, "align"), read_run_config(caption_dir, "caption")
+    alignment = _load_keras(_require_file(align_dir, ALIGN_MODEL, "align"))
+    generator = _load_keras(_require_file(caption_dir, CAPTION_MODEL, "caption"))
+    vocab_path = _require_file(align_dir, F.VOCAB, "align")
+    _check_same_vocab(vocab_path, _require_file(caption_dir, F.VOCAB, "caption"))
+    manifest, manifest_path = _read_manifest(align_dir, records_dir)
+    if "feature_dim" not in manifest:
+        raise ValueError(f"{manifest_path}: field 'feature_dim' missing")
+    feature_dim = int(manifest["feature_dim"])
+    region_dim = int(alignment.region_embedding.proj.kernel.shape[0])  # D of the W_m projection
+    if region_dim != feature_dim:
+        raise ValueError(f"{align_dir}: the alignment model takes {region_dim}-d regions, {manifest_path} has "
+                         f"feature_dim={feature_dim}")
+    if generator.feature_dim != feature_dim:
+        raise ValueError(f"{caption_dir}: the generator takes {generator.feature_dim}-d images, {manifest_path} "
+                         f"has feature_dim={feature_dim}")
+    decode = decode or caption_cfg.decode
+    backbone = boxes = size = None
+    if with_images:
+        backbone, boxes, size = _image_path(manifest, manifest_path, feature_dim, proposer, regions, crop_size)
+
+    resolved = {"align_run": os.path.abspath(align_dir), "caption_run": os.path.abspath(caption_dir),
+                "manifest": manifest, "decode": dataclasses.asdict(decode),
+                "backbone": backbone.name if backbone else None, "crop_size": size,
+                "proposer": f"{proposer}|k={len(boxes) - 1}" if boxes is not None else None,
+                "boxes": np.asarray(boxes).tolist() if boxes is not None else None,
+                "max_words": align_cfg.data.max_words,
+                "align_config": to_dict(align_cfg), "caption_config": to_dict(caption_cfg)}
+    config_dir = config_dir or tempfile.mkdtemp(prefix="karpalign-export-")
+    config_path = os.path.join(config_dir, "config.yaml")
+    with open(config_path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+    return ExportModule(alignment, generator, vocab_path, decode=decode, max_words=align_cfg.data.max_words,
+                        feature_dim=feature_dim, backbone=backbone, boxes=boxes, crop_size=size,
+                        config_path=config_path)
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+
+
+def warmup_requests(module: ExportModule) -> list[tuple[str, dict]]:
+    """One small generated JPEG for serving_default (if present) and one caption_features request."""
+    import tensorflow as tf
+
+    requests = []
+    if module.cnn is not None:
+        yy, xx = np.mgrid[0:48, 0:64]
+        pixels = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).clip(0, 255).astype(np.uint8)  # (48, 64, 3)
+        jpeg = tf.io.encode_jpeg(pixels).numpy()
+        requests.append(("serving_default", {"images": np.array([jpeg], dtype=object)}))
+    n_regions = len(module.boxes) if module.cnn is not None else 1
+    requests.append(("caption_features",
+                     {"region_features": np.zeros((1, n_regions, module.feature_dim), np.float32),
+                      "region_mask": np.ones((1, n_regions), np.float32)}))
+    return requests
+
+
+def write_saved_model(module: ExportModule, export_base: str, model_name: str = "karpalign",
+                      version: int | None = None, warmup: bool = True) -> str:
+    """Saves ``module`` to ``export_base/model_name/version`` atomically; returns that folder.
+
+    ``version`` defaults to the next free integer. An existing version is never overwritten.
+    """
+    import tensorflow as tf
+
+    from karpalign.serving.warmup import write_warmup_requests
+
+    if not model_name or os.sep in model_name or model_name.startswith("."):
+        raise ValueError(f"model name {model_name!r} must be a plain folder name")
+    model_dir = os.path.join(export_base, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    if version is None:
+        version = next_version(model_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be an integer >= 1, got {version!r}")
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; versions are never overwritten (pick another --version)")
+    tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        if warmup:
+            write_warmup_requests(tmp, warmup_requests(module), model_name)
+        if os.path.exists(final):
+            raise FileExistsError(f"{final} appeared while exporting; not overwriting it")
+        os.rename(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def export(align_dir: str, caption_dir: str, export_base: str, *, records_dir: str | None = None,
+           model_name: str = "karpalign", version: int | None = None, decode: DecodeConfig | None = None,
+           proposer: str = "grid", regions: int | None = None, crop_size: int | None = None,
+           warmup: bool = True) -> str:
+    """Builds the module from the runs and writes ``export_base/model_name/version``; returns that folder."""
+    with tempfile.TemporaryDirectory(prefix="karpalign-export-") as config_dir:
+        module = build_export_module(align_dir, caption_dir, records_dir, decode=decode, proposer=proposer,
+                                     regions=regions, crop_size=crop_size, config_dir=config_dir)
+        return write_saved_model(module, export_base, model_name, version, warmup=warmup)

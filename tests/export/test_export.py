@@ -1,0 +1,374 @@
+"""SavedModel export: layout, named signatures, portability (plain TensorFlow), parity with the eager paths.
+
+One module-scoped export is shared by every test: a tiny Keras CNN backbone (two strided convs, 16-d), toy
+records extracted "with" it (manifest: cnn_spec, crop_size 32, grid proposer), untrained tiny heads (embed 32,
+hidden 32) and beam 3 / max length 6 / top-2 set on the command line.
+"""
+
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from PIL import Image, ImageDraw
+
+from karpalign.alignment.mrf import viterbi_align
+from karpalign.cli.export import main as export_main
+from karpalign.config import load_config, save_config
+from karpalign.data import features as F
+from karpalign.data.text import END_ID, PAD_ID, START_ID, Vocabulary, python_tokenize
+from karpalign.decoding.beam_search import beam_search
+from karpalign.export.export_module import decode_rgb
+from karpalign.export.saved_model import next_version, write_saved_model
+from karpalign.models.mrnn_decoder import MRNNDecoder
+from karpalign.serving.warmup import read_warmup_requests
+from karpalign.testing import make_toy_records
+from karpalign.training.tasks import AlignTask, CaptionTask
+from karpalign.vision.backbones import get_backbone
+from karpalign.vision.images import decode_image
+from karpalign.vision.proposers import GridProposer, region_features
+
+D, CROP, K_GRID, MAX_WORDS = 16, 32, 3, 8
+BEAM, MAX_LEN, TOP_K = 3, 6, 2
+SIGNATURES = {
+    "serving_default": ["boxes", "captions", "region_features", "scores", "token_ids"],
+    "caption_features": ["captions", "scores", "token_ids"],
+    "caption_examples": ["captions", "scores", "token_ids"],
+    "embed_images": ["region_vectors"],
+    "embed_sentences": ["tokens", "word_mask", "word_vectors"],
+    "score": ["scores"],
+    "align": ["assignment", "region_word_scores", "tokens"],
+}
+RUNNER = os.path.join(os.path.dirname(__file__), "_portable_runner.py")
+
+
+def _tiny_backbone(path):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Conv2D(D, 3, strides=2, activation="relu")(x)
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)).save(path)
+
+
+def _runs(root, records):
+    """Untrained align and caption runs, written the way karpalign.training.tasks writes them."""
+    sets = [f"data.records_dir={records}", "model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32",
+            "model.gen_hidden=32", "model.gen_word_dim=16", "model.dropout=0", f"data.max_words={MAX_WORDS}"]
+    dirs = {}
+    for task, cls in (("align", AlignTask), ("caption", CaptionTask)):
+        cfg = load_config(None, sets + [f"train.task={task}"])
+        run = cls(cfg)
+        if task == "align":
+            model = run.build_model()
+        else:
+            # No log-frequency bias and sharper logits than the default init, so untrained beams differ per image.
+            model = MRNNDecoder(len(run.vocab), D, hidden_dim=32, word_dim=16, name="generator")
+            model({"image": tf.zeros([1, D]), "tokens": tf.zeros([1, 2], tf.int32)})
+            model.output_proj.kernel.assign(model.output_proj.kernel * 6.0)
+        out = os.path.join(root, task)
+        os.makedirs(out)
+        save_config(cfg, out)
+        run.save_model(model, out)
+        dirs[task] = out
+    return dirs
+
+
+def _png(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _picture(h, w, seed):
+    """A smooth gradient with two filled shapes (JPEG-friendly, and different per seed)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (h + w)], -1).astype(np.uint8)
+    img = Image.fromarray(base)
+    draw = ImageDraw.Draw(img)
+    for _ in range(2):
+        y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        draw.ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("export"))
+    backbone_path = os.path.join(root, "backbone.keras")
+    _tiny_backbone(backbone_path)
+    records = make_toy_records(os.path.join(root, "records"), feature_dim=D, num_regions=4, num_train=20,
+                               num_val=4, num_test=4, shards=1)
+    manifest = F.read_manifest(records)
+    manifest.update(cnn_spec=f"keras:{backbone_path}|size={CROP},{CROP}|range=-1,1", crop_size=CROP,
+                    proposer=f"grid|k={K_GRID}")
+    F.write_manifest(records, manifest)
+    runs = _runs(root, records)
+    base = os.path.join(root, "models")
+    rc = export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--records-dir", records,
+                      "--export-base", base, "--beam-size", str(BEAM), "--max-length", str(MAX_LEN),
+                      "--top-k", str(TOP_K)])
+    assert rc == 0
+    keras.config.disable_interactive_logging()
+    return {
+        "root": root, "base": base, "dir": os.path.join(base, "karpalign", "1"), "runs": runs,
+        "records": records, "manifest": manifest,
+        "alignment": keras.saving.load_model(os.path.join(runs["align"], "alignment.keras"), compile=False),
+        "generator": keras.saving.load_model(os.path.join(runs["caption"], "generator.keras"), compile=False),
+        "vocab": Vocabulary.load(os.path.join(runs["align"], "vocab.txt")),
+        "backbone": get_backbone(manifest["cnn_spec"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(3, 4, D)).astype(np.float32)  # (B, R, D)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], np.float32)  # (B, R)
+    pictures = [_picture(40, 50, 0), _picture(30, 20, 1), _picture(64, 64, 2)]
+    images = np.array([_png(pictures[0]), _jpeg(pictures[1]), _png(pictures[2])], dtype=object)
+    sentences = np.array([b"A red circle, and a BLUE star!", b"", b"zebra-red  square"], dtype=object)
+    examples = np.array([F.encode_example(f"e{i}", "test", "", feats[i, :int(mask[i].sum())],
+                                          np.tile([[0, 0, 1, 1]], (int(mask[i].sum()), 1)), [])
+                         for i in range(3)], dtype=object)
+    return {"feats": feats, "mask": mask, "images": images, "sentences": sentences, "examples": examples}
+
+
+@pytest.fixture(scope="module")
+def portable(exported, inputs, tmp_path_factory):
+    """Every signature (and the warmup requests) run on a MOVED copy of the export by a TF-only subprocess."""
+    work = tmp_path_factory.mktemp("portable")
+    moved = os.path.join(work, "elsewhere", "7")
+    shutil.copytree(exported["dir"], moved)
+    f, m, s = inputs["feats"], inputs["mask"], inputs["sentences"]
+    calls = {
+        "serving_default": ("serving_default", {"images": inputs["images"]}),
+        "caption_features": ("caption_features", {"region_features": f, "region_mask": m}),
+        "caption_examples": ("caption_examples", {"examples": inputs["examples"]}),
+        "embed_images": ("embed_images", {"region_features": f, "region_mask": m}),
+        "embed_sentences": ("embed_sentences", {"sentences": s}),
+        "score": ("score", {"region_features": f, "region_mask": m, "sentences": s[:2]}),
+        "align": ("align", {"region_features": f, "region_mask": m, "sentences": s,
+                            "beta": np.float32(0.5)}),
+    }
+    for i, request in enumerate(read_warmup_requests(moved)):
+        calls[f"warmup_{i}"] = (request.model_spec.signature_name,
+                                {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+    with open(work / "in.pkl", "wb") as fh:
+        pickle.dump(calls, fh)
+    # The run folders' vocabulary must not be needed: the export carries it as an asset.
+    vocab = os.path.join(exported["runs"]["align"], "vocab.txt")
+    os.rename(vocab, vocab + ".hidden")
+    try:
+        proc = subprocess.run([sys.executable, RUNNER, moved, str(work / "in.pkl"), str(work / "out.pkl")],
+                              capture_output=True, text=True, timeout=600, cwd=str(work))
+    finally:
+        os.rename(vocab + ".hidden", vocab)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(work / "out.pkl", "rb") as fh:
+        return pickle.load(fh)
+
+
+# ---- eager references ---------------------------------------------------------------------------------------
+
+
+def _eager_captions(exported, image_vec):
+    generator, vocab = exported["generator"], exported["vocab"]
+    image_vec = tf.constant(image_vec)
+    result = beam_search(generator.step, generator.initial_state(image_vec), int(image_vec.shape[0]),
+                         beam_size=BEAM, max_length=MAX_LEN, start_id=START_ID, end_id=END_ID, top_k=TOP_K)
+    captions = [[" ".join(vocab.decode(ids)) for ids in row] for row in result.ids.numpy()]
+    return captions, result.scores.numpy(), result.ids.numpy()
+
+
+def _eager_tokens(exported, sentences):
+    vocab = exported["vocab"]
+    tokens = [python_tokenize(s.decode())[:MAX_WORDS] for s in sentences]
+    ids = np.zeros((len(tokens), MAX_WORDS), np.int32)
+    for i, toks in enumerate(tokens):
+        ids[i, :len(toks)] = vocab.encode(toks)
+    return tokens, ids, (ids != PAD_ID).astype(np.float32)
+
+
+def _pillow_features(exported, images):
+    """Features the way the extraction job computes them: Pillow decode, grid boxes, region_features."""
+    boxes = GridProposer(K_GRID).propose()
+    return np.stack([region_features(exported["backbone"], decode_image(data), boxes, CROP) for data in images])
+
+
+def _assert_captions(out, captions, scores, ids, tol=1e-5):
+    assert [[c.decode() for c in row] for row in out["captions"]] == captions
+    np.testing.assert_allclose(out["scores"], scores, atol=tol, rtol=0)
+    np.testing.assert_array_equal(out["token_ids"], ids)
+
+
+# ---- layout, assets, warmup ---------------------------------------------------------------------------------
+
+
+def test_layout_assets_and_warmup(exported):
+    model_dir = os.path.join(exported["base"], "karpalign")
+    assert sorted(os.listdir(model_dir)) == ["1"]  # no temporary folder left behind
+    version = exported["dir"]
+    assert os.path.isfile(os.path.join(version, "saved_model.pb"))
+    assert sorted(os.listdir(os.path.join(version, "assets"))) == ["config.yaml", "vocab.txt"]
+    with open(os.path.join(version, "assets", "vocab.txt"), encoding="utf-8") as fh:
+        assert [line.split("\t")[0] for line in fh.read().splitlines()] == exported["vocab"].words
+    with open(os.path.join(version, "assets", "config.yaml"), encoding="utf-8") as fh:
+        resolved = yaml.safe_load(fh)
+    assert resolved["decode"] == {"beam_size": BEAM, "max_length": MAX_LEN, "alpha": 0.0, "top_k": TOP_K}
+    assert resolved["backbone"] == exported["backbone"].name and resolved["crop_size"] == CROP
+    assert resolved["proposer"] == f"grid|k={K_GRID}" and len(resolved["boxes"]) == K_GRID + 1
+    requests = read_warmup_requests(version)
+    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "caption_features"]
+    assert all(r.model_spec.name == "karpalign" for r in requests)
+
+
+def test_next_version_and_existing_versions_are_never_overwritten(exported, tmp_path):
+    assert next_version(str(tmp_path / "missing")) == 1
+    for name in ("1", "3", "10", ".tmp-11-x", "notes"):
+        (tmp_path / name).mkdir()
+    assert next_version(str(tmp_path)) == 11
+    rc = export_main(["--align-dir", exported["runs"]["align"], "--caption-dir", exported["runs"]["caption"],
+                      "--records-dir", exported["records"], "--export-base", exported["base"], "--version", "1"])
+    assert rc == 2
+    with pytest.raises(ValueError, match="integer >= 1"):
+        write_saved_model(object(), str(tmp_path), "m", version=0)
+
+
+# ---- portability ----------------------------------------------------------------------------------------------
+
+
+def test_signatures_have_named_outputs_in_plain_tensorflow(portable):
+    assert portable["signatures"] == SIGNATURES
+    assert "karpalign" not in portable["modules"] and "tensorflow_text" not in portable["modules"]
+
+
+def test_graph_uses_only_core_ops_and_no_py_function(portable):
+    ops = set(portable["op_types"])
+    print("op types:", sorted(ops))
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    assert portable["unregistered"] == []  # every op is known to a process that never imported tensorflow_text
+    # The pieces we rely on really are in the graph.
+    assert {"DecodeImage", "DecodeJpeg", "CropAndResize", "While", "LookupTableFindV2", "StaticRegexReplace",
+            "StringSplitV2", "ParseExampleV2", "InitializeTableFromTextFileV2"} <= ops, sorted(ops)
+
+
+def test_warmup_requests_run(portable):
+    assert portable["outputs"]["warmup_0"]["captions"].shape == (1, TOP_K)
+    assert portable["outputs"]["warmup_1"]["captions"].shape == (1, TOP_K)
+
+
+def test_caption_signatures_match_eager_beam_search(exported, inputs, portable):
+    captions, scores, ids = _eager_captions(exported, inputs["feats"][:, 0])
+    assert len({c for row in captions for c in row}) > 1  # the check below is not vacuous
+    _assert_captions(portable["outputs"]["caption_features"], captions, scores, ids)
+    # caption_examples parses the same features from tf.Examples (each with its own number of regions).
+    _assert_captions(portable["outputs"]["caption_examples"], captions, scores, ids)
+
+
+def test_serving_default_matches_extraction_path(exported, inputs, portable):
+    """Image bytes in the graph must give the features (and captions) the extraction job gives."""
+    out = portable["outputs"]["serving_default"]
+    expected = _pillow_features(exported, inputs["images"])  # (B, R, D)
+    np.testing.assert_allclose(out["region_features"], expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out["boxes"], GridProposer(K_GRID).propose())
+    captions, scores, ids = _eager_captions(exported, expected[:, 0])
+    _assert_captions(out, captions, scores, ids)
+
+
+def test_jpeg_decoding_matches_pillow():
+    """The bug the parity test caught: tf.io.decode_image uses the fast DCT; the graph must not."""
+    data = _jpeg(_picture(67, 101, 3))
+    pillow = decode_image(data).astype(int)
+    assert np.abs(tf.io.decode_image(data, channels=3).numpy().astype(int) - pillow).max() > 0
+    np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), pillow)
+    png = _png(_picture(20, 30, 4))
+    np.testing.assert_array_equal(decode_rgb(tf.constant(png)).numpy(), decode_image(png))
+
+
+def test_serving_default_catches_a_preprocessing_mismatch(exported, inputs, portable):
+    """Extraction without the backbone's pixel mapping (raw 0..255) is visibly different: the parity test
+    above would fail on such a bug."""
+    boxes = GridProposer(K_GRID).propose()
+    crops = [tf.image.crop_and_resize(tf.cast(decode_image(d)[None], tf.float32), boxes, tf.zeros([len(boxes)],
+             tf.int32), (CROP, CROP)).numpy() for d in inputs["images"]]
+    unnormalised = np.stack([exported["backbone"](c) for c in crops])
+    assert np.abs(portable["outputs"]["serving_default"]["region_features"] - unnormalised).max() > 1e-2
+
+
+def test_embed_score_align_match_eager(exported, inputs, portable):
+    model, out = exported["alignment"], portable["outputs"]
+    feats, mask = inputs["feats"], inputs["mask"]
+    tokens, ids, tmask = _eager_tokens(exported, inputs["sentences"])
+    v = model.embed_images(feats, mask).numpy()  # (B, R, H)
+    s = model.embed_sentences(ids, tmask).numpy()  # (B, T, H)
+    np.testing.assert_allclose(out["embed_images"]["region_vectors"], v, atol=1e-5)
+    np.testing.assert_allclose(out["embed_sentences"]["word_vectors"], s, atol=1e-5)
+    np.testing.assert_array_equal(out["embed_sentences"]["word_mask"], tmask)
+    padded = [[t.encode() for t in toks] + [b""] * (MAX_WORDS - len(toks)) for toks in tokens]
+    assert out["embed_sentences"]["tokens"].tolist() == padded
+    assert tokens[0] == ["a", "red", "circle", "and", "a", "blue", "star"] and tokens[2][0] == "zebra"
+    scores = model.score_matrix(v, mask, s[:2], tmask[:2]).numpy()  # (3, 2)
+    np.testing.assert_allclose(out["score"]["scores"], scores, atol=1e-5)
+    dots = np.einsum("brh,bth->btr", v, s)  # (B, T, R)
+    np.testing.assert_allclose(out["align"]["region_word_scores"], dots, atol=1e-5)
+    assert out["align"]["tokens"].tolist() == padded
+    for i, toks in enumerate(tokens):
+        n, r = len(toks), int(mask[i].sum())
+        got = out["align"]["assignment"][i]
+        assert (got[n:] == -1).all()
+        if n:
+            np.testing.assert_array_equal(got[:n], viterbi_align(dots[i, :n, :r], 0.5))
+
+
+def test_saved_model_cli_lists_signatures_and_named_outputs(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    proc = subprocess.run([cli, "show", "--all", "--dir", exported["dir"]], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name, outputs in SIGNATURES.items():
+        assert f"signature_def['{name}']" in proc.stdout
+        for output in outputs:
+            assert f"outputs['{output}']" in proc.stdout
+    assert "output_0" not in proc.stdout
+
+
+def test_tfsm_layer_calls_caption_features(exported, inputs):
+    layer = keras.layers.TFSMLayer(exported["dir"], call_endpoint="caption_features")
+    out = layer({"region_features": inputs["feats"], "region_mask": inputs["mask"]})
+    captions, scores, ids = _eager_captions(exported, inputs["feats"][:, 0])
+    _assert_captions({k: v.numpy() for k, v in out.items()}, captions, scores, ids)
+
+
+# ---- command-line errors ----------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_bad_runs(exported, tmp_path, capsys):
+    runs, base = exported["runs"], str(tmp_path / "models")
+    common = ["--records-dir", exported["records"], "--export-base", base]
+    assert export_main(["--align-dir", str(tmp_path / "nope"), "--caption-dir", runs["caption"]] + common) == 2
+    assert "align run folder does not exist" in capsys.readouterr().err
+
+    other = str(tmp_path / "caption")
+    shutil.copytree(runs["caption"], other)
+    vocab = Vocabulary.load(os.path.join(other, "vocab.txt"))
+    Vocabulary(vocab.words[:4] + vocab.words[5:] + vocab.words[4:5]).save(os.path.join(other, "vocab.txt"))
+    assert export_main(["--align-dir", runs["align"], "--caption-dir", other] + common) == 2
+    assert "must share one vocabulary" in capsys.readouterr().err
+
+    assert export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--proposer",
+                        "detector:x"] + common) == 2
+    assert "cannot run inside the serving graph" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(base, "karpalign", "1"))
