@@ -62,13 +62,13 @@ def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: floa
             per_image_sentence = np.zeros(len(image_ids), int)
             for n, (img, toks) in enumerate(zip(which.numpy(), sent_tokens)):
                 a = assignment[n, :len(toks)]
-                k = per_image_sentence[img]
+                k = int(per_image_sentence[img])
                 per_image_sentence[img] += 1
                 snips = make_snippets(a, toks, min_length=min_snippet_words)
                 kept = [sn for sn in snips if not (skip_full_image and sn.region == 0)]
                 jf.write(json.dumps({"image_id": image_ids[img], "sentence": k, "tokens": toks,
                                      "assignment": a.tolist(),
-                                     "snippets": [{"region": int(sn.region), "start": sn.start, "end": sn.end,
+                                     "snippets": [{"region": int(sn.region), "start": int(sn.start), "end": int(sn.end),
                                                    "text": sn.text, "box": boxes[img, sn.region].tolist()}
                                                   for sn in kept]}) + "\n")
                 for j, sn in enumerate(kept):
