@@ -48,7 +48,7 @@ from karpalign.data.features import parse_examples
 from karpalign.data.pipeline import token_ids
 from karpalign.data.text import END_ID, PAD_ID, START_ID, UNK, Vocabulary, tf_tokenize
 from karpalign.decoding.beam_search import beam_search
-from karpalign.vision.backbones import _pick_output
+from karpalign.vision.backbones import pick_output
 
 CNN_CHUNK = 32  # crops per backbone call, as karpalign.vision.backbones does
 
@@ -191,7 +191,7 @@ class ExportModule(tf.Module):
         """The backbone on one batch (N, S, S, 3) -> (N, D), pooling a 4-D output as Backbone does."""
         out = self.cnn(x, training=False) if self.cnn_is_keras else self.cnn(x)
         if isinstance(out, dict):
-            out = _pick_output(out, self.backbone_name)
+            out = pick_output(out, self.backbone_name)
         if out.shape.rank == 4:
             out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
         return tf.cast(out, tf.float32)

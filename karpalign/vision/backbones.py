@@ -92,7 +92,7 @@ class Backbone:
     def _features(self, batch: np.ndarray) -> np.ndarray:
         out = self._model_fn(tf.constant(batch))
         if isinstance(out, dict):
-            out = _pick_output(out, self.name)
+            out = pick_output(out, self.name)
         out = tf.convert_to_tensor(out)
         if out.shape.rank == 4:
             out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
@@ -272,7 +272,7 @@ def _format_name(base, size, default_size, value_range, default_range, size_is_d
     return name
 
 
-def _pick_output(outputs: dict, name: str):
+def pick_output(outputs: dict, name: str):
     for key in ("default", "feature_vector", "features", "pooled_output"):
         if key in outputs:
             return outputs[key]
