@@ -1,10 +1,14 @@
 """karpalign-align: MRF (Viterbi) alignment of sentence words to image regions with a trained model.
 
   karpalign-align --model-dir runs/align --records-dir runs/records --out runs/align/regions \
-      [--dataset data/scenes/dataset.json] [--beta 1.0] [--splits train,val,test]
+      [--dataset data/scenes/dataset.json] [--beta 1.0] [--splits train,val,test] \
+      [--pictures 20 [--pictures-split test]]
 
 Writes snippets-<split>.jsonl, region–snippet TFRecords (for karpalign-train --task caption --on regions),
 alignment.json (counts and, with --dataset holding phrase links, word/snippet alignment accuracy).
+With --pictures N: pictures/NNNN_<image id>_s0.png, the first sentence of each of the first N images of
+--pictures-split drawn onto its image (read from the records' image paths; images whose file is missing are
+skipped and counted), and pictures/index.html showing them; alignment.json gets a "pictures" entry.
 """
 
 from __future__ import annotations
@@ -28,11 +32,17 @@ def main(argv=None) -> int:
     p.add_argument("--min-snippet-words", type=int, default=1)
     p.add_argument("--keep-full-image", action="store_true", help="also emit snippets aligned to region 0")
     p.add_argument("--max-images", type=int, default=None, help="per split")
+    p.add_argument("--pictures", type=int, default=0, metavar="N",
+                   help="draw the alignments of the first N images of --pictures-split (default 0: none)")
+    p.add_argument("--pictures-split", default="test", help="split to draw pictures from (default test)")
     args = p.parse_args(argv)
+    if args.pictures < 0:
+        print(f"karpalign-align: --pictures must be >= 0, got {args.pictures}", file=sys.stderr)
+        return 2
 
     import keras
 
-    from karpalign.alignment.job import align_split, write_region_manifest
+    from karpalign.alignment.job import align_split, write_alignment_pictures, write_region_manifest
     from karpalign.config import load_config
     from karpalign.data.records import DatasetError, read_karpathy_json
     from karpalign.training.tasks import ALIGN_MODEL
@@ -51,7 +61,18 @@ def main(argv=None) -> int:
         except DatasetError as e:
             print(f"karpalign-align: {e}", file=sys.stderr)
             return 2
+    if args.pictures:
+        import tensorflow as tf
+
+        from karpalign.data.features import shard_pattern
+
+        pattern = shard_pattern(args.records_dir, args.pictures_split)
+        if not tf.io.gfile.glob(pattern):
+            print(f"karpalign-align: --pictures-split {args.pictures_split}: no TFRecord shards match {pattern}",
+                  file=sys.stderr)
+            return 2
     model = keras.saving.load_model(model_path)
+    os.makedirs(args.out, exist_ok=True)
     results, counts = {}, {}
     try:
         for split in [s for s in args.splits.split(",") if s]:
@@ -64,10 +85,30 @@ def main(argv=None) -> int:
         print(f"karpalign-align: {e}", file=sys.stderr)
         return 2
     write_region_manifest(args.records_dir, args.out, counts, {"beta": args.beta})
+    if args.pictures:
+        try:
+            pictures = write_alignment_pictures(model, args.records_dir, args.pictures_split, args.out,
+                                                num_images=args.pictures, beta=args.beta, max_words=max_words)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"karpalign-align: --pictures-split {args.pictures_split}: {e}", file=sys.stderr)
+            return 2
+        results["pictures"] = pictures
+        _report_pictures(pictures)
     with open(os.path.join(args.out, "alignment.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _report_pictures(r: dict) -> None:
+    """One line on what was drawn, and a note naming why images were skipped (e.g. records without images)."""
+    print(f"karpalign-align: {r['pictures']} alignment pictures of {r['images']} {r['split']} images in {r['dir']}"
+          + (f" (page {r['html']})" if r["html"] else ""), file=sys.stderr)
+    skipped = {"image file missing": r["missing_images"], "image unreadable": r["unreadable_images"],
+               "no sentence": r["no_sentence"]}
+    if any(skipped.values()):
+        print("karpalign-align: note: skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items() if n)
+              + "; e.g. " + "; ".join(r["skipped_examples"] or ["-"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,10 @@ class AlignTask(_RecordsTask):
         local = tf.shape(v)[0]
         own = _replica_offset(local) + tf.range(local)
         i2s = model.score_matrix(v, v_mask, s_all, sm_all)  # (B_local, B_global)
-        s2i = tf.transpose(model.score_matrix(v_all, vm_all, s, s_mask))  # (B_local, B_global)
+        if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            s2i = tf.transpose(i2s)  # one replica: local == global, the same matrix read by columns
+        else:
+            s2i = tf.transpose(model.score_matrix(v_all, vm_all, s, s_mask))  # (B_local, B_global)
         total = bidirectional_loss(tf.cast(i2s, tf.float32), tf.cast(s2i, tf.float32), own, keys, keys_all,
                                    margin=self.cfg.model.margin, kind=self.cfg.model.loss)
         return total / global_batch_size
