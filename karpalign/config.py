@@ -135,6 +135,9 @@ def _merge(obj: Any, values: dict, where: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
+        if isinstance(key, bool):
+            raise ConfigError(f"{where or 'config'}: a key was read as {key} - YAML reads bare on/off/yes/no as "
+                              f"booleans; quote it (e.g. \"on\": regions)")
         if key not in hints:
             raise ConfigError(f"unknown config key {path!r}; known: {sorted(hints)}")
         current = getattr(obj, key)

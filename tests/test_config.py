@@ -36,3 +36,12 @@ def test_bad_file(tmp_path):
     path.write_text("modle: {}\n")
     with pytest.raises(ConfigError, match="c.yaml: unknown config key 'modle'"):
         load_config(str(path))
+
+
+def test_yaml_boolean_key_gets_a_hint(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  on: regions\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(str(path))
+    path.write_text('train:\n  "on": regions\n')
+    assert load_config(str(path)).train.on == "regions"

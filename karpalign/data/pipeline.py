@@ -69,7 +69,11 @@ def _explode_pairs(batch, table, max_words):
 def pair_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int, num_regions: int,
                  max_words: int, global_batch_size: int, input_context=None, shuffle: bool = True,
                  image_shuffle_buffer: int = 2000, seed: int = 0, repeat: bool = True):
-    """Image–sentence pairs for the alignment task, batched per replica (drop_remainder for equal shapes)."""
+    """Image–sentence pairs for the alignment task, batched per replica.
+
+    Repeated (training) streams drop the last partial batch so every replica sees equal shapes; a single pass
+    (evaluation) keeps it, so no example is left out.
+    """
     batch = (input_context.get_per_replica_batch_size(global_batch_size) if input_context else global_batch_size)
     ds = _records(records_dir, split, input_context, shuffle, seed)
     if repeat:
@@ -80,7 +84,7 @@ def pair_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int,
     ds = ds.map(lambda b: _explode_pairs(b, vocab_table, max_words), num_parallel_calls=AUTOTUNE).unbatch()
     if shuffle:
         ds = ds.shuffle(max(4 * global_batch_size, 256), seed=seed + 1, reshuffle_each_iteration=True)
-    return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.batch(batch, drop_remainder=repeat).prefetch(AUTOTUNE)
 
 
 def caption_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int, num_regions: int,

@@ -7,6 +7,9 @@ Its "caption" describes the decoded image: "image 32x24 v1" (width x height, exp
     serving_default: images string (B,) -> captions string (B, 1), scores float32 (B, 1),
                      token_ids int32 (B, 1, 3) = [START, width, height]
     embed_images:    images string (B,) -> embeddings float32 (B, 2) = (width, height) / max side
+
+Images are decoded by the real export's :func:`karpalign.export.export_module.decode_rgb` (JPEG with the
+accurate DCT, like Pillow and the extraction job), so the toy exercises the same decode op as the real model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import tensorflow as tf
 
 from karpalign.data.text import START_ID
+from karpalign.export.export_module import decode_rgb
 
 _IMAGES = tf.TensorSpec([None], tf.string, name="images")
 
@@ -29,7 +33,7 @@ class ToyCaptioner(tf.Module):
 
     def _sizes(self, images):
         def one(image_bytes):
-            pixels = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)  # (H, W, 3)
+            pixels = decode_rgb(image_bytes)  # (H, W, 3) uint8
             shape = tf.shape(pixels)
             return tf.stack([shape[1], shape[0]])  # (2,) width, height
 
