@@ -2,7 +2,8 @@
 
 Each image holds 1-3 objects (a colour and a shape); its region features are a fixed random code of the
 object's colour plus one of its shape (plus noise), region 0 being the mean of the objects. A Karpathy
-``dataset.json`` next to the shards holds the boxes and the phrase links (image files do not exist). Each sentence
+``dataset.json`` next to the shards holds the boxes and the phrase links (image files do not exist); region r is
+box r - 1, so the manifest names the ground-truth ``boxes`` proposer. Each sentence
 names the objects ("a red circle and a blue star"), so an alignment model can learn which words go to which
 regions and a generator can learn to describe the image.
 """
@@ -63,6 +64,6 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
         json.dump({"dataset": "toy", "images": images}, f)
     Vocabulary.build(token_lists, min_count=1).save(os.path.join(out_dir, F.VOCAB))
     F.write_manifest(out_dir, {"feature_dim": feature_dim, "num_regions": num_regions,
-                               "counts": counts, "cnn": "toy-codes", "proposer": "toy", "failures": 0,
+                               "counts": counts, "cnn": "toy-codes", "proposer": "boxes", "failures": 0,
                                "input_records": sum(counts.values())})
     return out_dir
