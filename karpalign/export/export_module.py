@@ -47,7 +47,7 @@ from karpalign.config import DecodeConfig
 from karpalign.data.features import parse_examples
 from karpalign.data.pipeline import token_ids
 from karpalign.data.text import END_ID, PAD_ID, START_ID, UNK, Vocabulary, tf_tokenize
-from karpalign.decoding.beam_search import beam_search
+from karpalign.decoding.generate import decode_image_vectors
 from karpalign.vision.backbones import pick_output
 
 CNN_CHUNK = 32  # crops per backbone call, as karpalign.vision.backbones does
@@ -206,12 +206,9 @@ class ExportModule(tf.Module):
     # ---- captioning -----------------------------------------------------------------------------------------
     def caption_regions(self, region_features):
         """Region features (B, R, D), region 0 the full image -> captions (B, K), scores (B, K), ids (B, K, L)."""
-        image_vec = region_features[:, 0, :]  # (B, D)
-        state = self.generator.initial_state(image_vec)
         d = self.decode
-        result = beam_search(self.generator.step, state, tf.shape(image_vec)[0], beam_size=int(d.beam_size),
-                             max_length=int(d.max_length), start_id=START_ID, end_id=END_ID, alpha=float(d.alpha),
-                             top_k=int(d.top_k), vocab_size=len(self.vocab))
+        result = decode_image_vectors(self.generator, region_features[:, 0, :], beam_size=int(d.beam_size),
+                                      max_length=int(d.max_length), alpha=float(d.alpha), top_k=int(d.top_k))
         return {"captions": self.ids_to_text(result.ids), "scores": result.scores, "token_ids": result.ids}
 
     def ids_to_text(self, ids):
