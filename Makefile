@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.karpalign-installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench java clean-demo
+.PHONY: demo test bench java chromium clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,24 @@ java:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; fi; }
 
-test: $(STAMP) java
+# The report test renders an HTML report in headless Chromium (tests/report/).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Chromium not found: installing chromium (needed by the HTML report test)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+
+test: $(STAMP) java chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# End to end on synthetic scenes (~15 min on 2 cores); re-running reuses finished steps,
+# `make demo DEMO_ARGS=--fresh` starts over, DEMO_ARGS=--quick runs tiny sizes.
 demo: $(STAMP) java
-	$(PY) -m karpalign.cli.demo --out $(DEMO_DIR)
+	$(PY) -m karpalign.cli.demo --out $(DEMO_DIR) $(DEMO_ARGS)
+
+# Every script in benchmarks/ (quick settings) -> BENCHMARKS.md; not part of `make test`.
+bench: $(STAMP) java
+	$(PY) benchmarks/run_all.py --out BENCHMARKS.md $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

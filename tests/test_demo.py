@@ -1,0 +1,95 @@
+"""The end-to-end demo (`--quick`): every step runs, checks its output, is reused on a second run, and the
+report renders in headless Chromium with all its pictures. Plus the demo config's error messages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from karpalign.cli.demo import DEFAULT_CONFIG, DemoError, load_demo_config, main
+from karpalign.report import layout as L
+from karpalign.report.browser import dump_dom, images_ok
+
+STEPS = 12
+
+
+def _demo(out_dir, *extra):
+    # A subprocess: the demo trains models and sets global Keras state; keep it out of the test process.
+    return subprocess.run([sys.executable, "-m", "karpalign.cli.demo", "--out", str(out_dir), "--quick", *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_quick_demo_end_to_end_then_reused(tmp_path):
+    out = tmp_path / "demo"
+    first = _demo(out)
+    assert first.returncode == 0, first.stderr[-4000:]
+    p = L.Paths(str(out))
+    for k in range(1, STEPS + 1):
+        assert f"[demo {k}/{STEPS}]" in first.stderr
+
+    timings = json.load(open(p.timings))
+    assert len(timings) == STEPS and not any(t["reused"] for t in timings.values())
+    for split in ("test", "test_novel"):
+        r = json.load(open(p.retrieval_json(split)))
+        assert r["n_images"] > 0 and 0 <= r["i2t"]["R@1"] <= 100
+    alignment = json.load(open(p.alignment_json))
+    assert alignment["train"]["snippets"] > 0 and alignment["pictures"]["pictures"] > 0
+    assert alignment["train"]["accuracy"]["word_accuracy"] is not None
+    captions = json.load(open(p.captions_json(p.caption, "test", 3)))
+    assert "baseline" in captions and captions["metrics"]["n_images"] > 0
+    assert os.path.exists(p.region_captions_json(p.caption_regions, "test", 3))
+    assert os.path.exists(os.path.join(p.export, "karpalign", "1", "saved_model.pb"))
+
+    served = json.load(open(p.served))
+    assert len(served["images"]) == 2
+    assert all(im["captions"] and im["captions"][0][0] for im in served["images"])
+    assert "server stopped (exit code 0)" in first.stderr
+
+    index = os.path.join(p.report, "index.html")
+    dom = dump_dom(index)
+    ok, count = images_ok(dom)
+    assert ok and count >= 5  # 3 training curves + 2 sample pictures
+    for table in ("retrieval", "alignment", "captions", "region-captions", "served"):
+        assert f'<table class="{table}">' in dom
+
+    second = _demo(out)  # everything reused; only the report is written again
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.stderr.count("already done, reusing") == STEPS - 1
+    assert "karpalign-train" not in second.stderr
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    cfg = load_demo_config(DEFAULT_CONFIG, quick=True)
+    assert cfg["scenes"]["num_images"] < load_demo_config(DEFAULT_CONFIG)["scenes"]["num_images"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenes: {num_images: 10}\nnonsense: 1\n")
+    with pytest.raises(DemoError, match=r"bad.yaml: unknown sections \['nonsense'\]"):
+        load_demo_config(str(bad))
+    bad.write_text("scenes: [1, 2]\n")
+    with pytest.raises(DemoError, match=r"bad.yaml: sections \[.*'scenes'.*\] are missing or not mappings"):
+        load_demo_config(str(bad))
+    with pytest.raises(DemoError, match="not found"):
+        load_demo_config(str(tmp_path / "missing.yaml"))
+    bad.write_text(open(DEFAULT_CONFIG).read().replace("  num_images: 2000\n", ""))
+    with pytest.raises(DemoError, match=r"bad.yaml: scenes: keys \['num_images'\] are missing"):
+        load_demo_config(str(bad))
+    assert load_demo_config(str(bad), quick=True)["scenes"]["num_images"] == 300  # quick sets it
+
+
+def test_bad_training_key_fails_the_step_with_its_name(tmp_path, capsys):
+    text = open(DEFAULT_CONFIG).read().replace("embed_dim: 256", "embed_dimension: 256")
+    config = tmp_path / "demo.yaml"
+    config.write_text(text)
+    os_out = tmp_path / "out"
+    # Steps 1-2 would run first; give them finished outputs so the test reaches the training step at once.
+    p = L.Paths(str(os_out))
+    os.makedirs(p.scenes)
+    open(p.dataset, "w").write("{}")
+    os.makedirs(p.records)
+    open(os.path.join(p.records, "manifest.json"), "w").write("{}")
+    assert main(["--out", str(os_out), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "step 'train the alignment model' failed" in err
+    assert "unknown config key 'model.embed_dimension'" in err
