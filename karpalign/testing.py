@@ -67,3 +67,35 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
                                "counts": counts, "cnn": "toy-codes", "proposer": "boxes", "failures": 0,
                                "input_records": sum(counts.values())})
     return out_dir
+
+
+def untrained_runs(root: str, records_dir: str, feature_dim: int, max_words: int) -> dict:
+    """Untrained tiny alignment and caption run folders, written the way karpalign-train writes them.
+
+    The generator gets sharper logits than the default init (no log-frequency bias, output kernel × 6) so
+    that untrained beams differ between images. Returns {"align": dir, "caption": dir}.
+    """
+    import tensorflow as tf
+
+    from karpalign.config import load_config, save_config
+    from karpalign.models.mrnn_decoder import MRNNDecoder
+    from karpalign.training.tasks import AlignTask, CaptionTask
+
+    sets = [f"data.records_dir={records_dir}", "model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32",
+            "model.gen_hidden=32", "model.gen_word_dim=16", "model.dropout=0", f"data.max_words={max_words}"]
+    dirs = {}
+    for task, cls in (("align", AlignTask), ("caption", CaptionTask)):
+        cfg = load_config(None, sets + [f"train.task={task}"])
+        run = cls(cfg)
+        if task == "align":
+            model = run.build_model()
+        else:
+            model = MRNNDecoder(len(run.vocab), feature_dim, hidden_dim=32, word_dim=16, name="generator")
+            model({"image": tf.zeros([1, feature_dim]), "tokens": tf.zeros([1, 2], tf.int32)})
+            model.output_proj.kernel.assign(model.output_proj.kernel * 6.0)
+        out = os.path.join(root, task)
+        os.makedirs(out)
+        save_config(cfg, out)
+        run.save_model(model, out)
+        dirs[task] = out
+    return dirs

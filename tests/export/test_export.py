@@ -21,16 +21,13 @@ from PIL import Image, ImageDraw
 
 from karpalign.alignment.mrf import viterbi_align
 from karpalign.cli.export import main as export_main
-from karpalign.config import load_config, save_config
 from karpalign.data import features as F
 from karpalign.data.text import END_ID, PAD_ID, START_ID, Vocabulary, python_tokenize
 from karpalign.decoding.beam_search import beam_search
 from karpalign.export.export_module import decode_rgb
 from karpalign.export.saved_model import next_version, write_saved_model
-from karpalign.models.mrnn_decoder import MRNNDecoder
 from karpalign.serving.warmup import read_warmup_requests
-from karpalign.testing import make_toy_records
-from karpalign.training.tasks import AlignTask, CaptionTask
+from karpalign.testing import make_toy_records, untrained_runs
 from karpalign.vision.backbones import get_backbone
 from karpalign.vision.images import decode_image
 from karpalign.vision.proposers import GridProposer, region_features
@@ -57,26 +54,7 @@ def _tiny_backbone(path):
 
 
 def _runs(root, records):
-    """Untrained align and caption runs, written the way karpalign.training.tasks writes them."""
-    sets = [f"data.records_dir={records}", "model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32",
-            "model.gen_hidden=32", "model.gen_word_dim=16", "model.dropout=0", f"data.max_words={MAX_WORDS}"]
-    dirs = {}
-    for task, cls in (("align", AlignTask), ("caption", CaptionTask)):
-        cfg = load_config(None, sets + [f"train.task={task}"])
-        run = cls(cfg)
-        if task == "align":
-            model = run.build_model()
-        else:
-            # No log-frequency bias and sharper logits than the default init, so untrained beams differ per image.
-            model = MRNNDecoder(len(run.vocab), D, hidden_dim=32, word_dim=16, name="generator")
-            model({"image": tf.zeros([1, D]), "tokens": tf.zeros([1, 2], tf.int32)})
-            model.output_proj.kernel.assign(model.output_proj.kernel * 6.0)
-        out = os.path.join(root, task)
-        os.makedirs(out)
-        save_config(cfg, out)
-        run.save_model(model, out)
-        dirs[task] = out
-    return dirs
+    return untrained_runs(root, records, D, MAX_WORDS)
 
 
 def _png(pixels):

@@ -15,13 +15,11 @@ import tensorflow as tf
 from karpalign.cli import caption as caption_cli
 from karpalign.cli.export import main as export_main
 from karpalign.cli.extract import main as extract_main
-from karpalign.config import load_config, save_config
 from karpalign.data.records import read_karpathy_json
-from karpalign.models.mrnn_decoder import MRNNDecoder
 from karpalign.serving import client as serving_client
 from karpalign.serving.client import CaptionClient
 from karpalign.serving.server import ServerConfig, start_server
-from karpalign.training.tasks import AlignTask, CaptionTask
+from karpalign.testing import untrained_runs
 
 CROP, FEATURE_DIM, MODEL = 32, 12, "karpalign"
 BEAM, MAX_LEN, TOP_K = 3, 6, 2
@@ -39,26 +37,7 @@ def _tiny_backbone(path):
 
 
 def _untrained_runs(root, records):
-    """Alignment and caption run folders as karpalign-train writes them (config, model, vocab, manifest)."""
-    sets = [f"data.records_dir={records}", "model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32",
-            "model.gen_hidden=32", "model.gen_word_dim=16", "model.dropout=0", "data.max_words=10"]
-    dirs = {}
-    for task, cls in (("align", AlignTask), ("caption", CaptionTask)):
-        cfg = load_config(None, sets + [f"train.task={task}"])
-        run = cls(cfg)
-        if task == "align":
-            model = run.build_model()
-        else:
-            # Sharper logits than the default init (as tests/export does), so beams differ between images.
-            model = MRNNDecoder(len(run.vocab), FEATURE_DIM, hidden_dim=32, word_dim=16, name="generator")
-            model({"image": tf.zeros([1, FEATURE_DIM]), "tokens": tf.zeros([1, 2], tf.int32)})
-            model.output_proj.kernel.assign(model.output_proj.kernel * 6.0)
-        out = os.path.join(root, task)
-        os.makedirs(out)
-        save_config(cfg, out)
-        run.save_model(model, out)
-        dirs[task] = out
-    return dirs
+    return untrained_runs(root, records, FEATURE_DIM, 10)
 
 
 @pytest.fixture(scope="module")
