@@ -30,6 +30,9 @@ PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 _TF_NON_ALNUM = r"[^\p{L}\p{N}]+"
 
 
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+
+
 def _is_kept(ch: str) -> bool:
     return unicodedata.category(ch)[0] in ("L", "N")
 
@@ -37,6 +40,13 @@ def _is_kept(ch: str) -> bool:
 def python_tokenize(text: str) -> list[str]:
     """Pure-Python twin of :func:`tf_tokenize`; returns the same tokens for the same string."""
     lowered = text.lower()
+    if lowered.isascii():  # fast path, same result: the ASCII letters and digits are exactly the L*/N* ones
+        return _ASCII_WORD.findall(lowered)
+    return _split_unicode(lowered)
+
+
+def _split_unicode(lowered: str) -> list[str]:
+    """Runs of letter/number characters (Unicode categories L* and N*) of an already lowercased string."""
     out, cur = [], []
     for ch in lowered:
         if _is_kept(ch):
@@ -54,6 +64,9 @@ def tf_tokenize(texts):
     import tensorflow as tf
 
     texts = tf.convert_to_tensor(texts, dtype=tf.string)
+    # NUL separates words like any other non-alphanumeric character, but the utf-8 (ICU) lowercasing kernel
+    # stops at the first NUL and drops the rest of the string; turn NULs into spaces before lowering.
+    texts = tf.strings.regex_replace(texts, r"\x00", " ")
     lowered = tf.strings.lower(texts, encoding="utf-8")
     spaced = tf.strings.regex_replace(lowered, _TF_NON_ALNUM, " ")
     return tf.strings.split(tf.strings.strip(spaced))

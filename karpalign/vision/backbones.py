@@ -80,11 +80,14 @@ class Backbone:
 
     # ---- features -----------------------------------------------------------------------------------------
     def __call__(self, images) -> np.ndarray:
-        """Preprocessed float images ``(N, h, w, 3)`` -> float32 features ``(N, D)``, in batches of 32."""
+        """Preprocessed float images ``(N, h, w, 3)`` -> float32 features ``(N, D)``, run in near-equal chunks
+        of at most 32 images (bounds memory for large region batches)."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"backbone {self.name}: expected (N, H, W, 3) float images, got {images.shape}")
-        chunks = [self._features(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)]
+        n_chunks = -(-len(images) // _BATCH)
+        bounds = np.linspace(0, len(images), n_chunks + 1).round().astype(int)  # equal chunks: 70 -> 23/23/24
+        chunks = [self._features(images[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         if not chunks:
             return np.zeros((0, self.feature_dim), np.float32)
         return np.concatenate(chunks, axis=0)
@@ -131,7 +134,11 @@ def _builtin_feature_model():
     with _BUILTIN_LOCK:  # Beam may run several DoFn threads per worker process
         if key not in _BUILTIN_MODELS:
             model = efficientnet_lite.efficientnet_lite0(include_top=False, weights="imagenet")
-            fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            # One trace for every batch and image size: the network is fully convolutional and ends in a
+            # global pool, and a dynamic-shape trace runs as fast as a fixed one (measured), so a worker
+            # never pays a second multi-second trace when the last chunk of a batch is smaller.
+            fn = tf.function(lambda x: model(x, training=False),
+                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
             _BUILTIN_MODELS[key] = (model, fn)
         return _BUILTIN_MODELS[key]
 

@@ -20,6 +20,7 @@ TRICKY = [
     "日本語のテキスト 中文 한국어",
     "Ⅻ roman numeral ½ half ² squared",
     "مرحبا بالعالم",
+    "NUL\x00inside Ünïcode\x00TEXT",
 ]
 
 
@@ -27,6 +28,18 @@ TRICKY = [
 def test_python_and_graph_tokenizers_agree(text):
     graph = [t.decode("utf-8") for t in tf_tokenize(tf.constant([text]))[0].numpy().tolist()]
     assert graph == python_tokenize(text)
+
+
+def test_ascii_fast_path_matches_the_unicode_rule_and_the_graph():
+    from karpalign.data.text import _split_unicode
+
+    every_ascii = "".join(chr(c) for c in range(128))
+    texts = [every_ascii, "x".join(every_ascii), "Two_Dogs-2x 3.5 ok\t\x00end", "ABC\x7fdef"]
+    for text in texts:
+        assert text.isascii()
+        assert python_tokenize(text) == _split_unicode(text.lower()), repr(text)
+    graph = tf_tokenize(tf.constant(texts)).to_list()
+    assert [[t.decode() for t in row] for row in graph] == [python_tokenize(t) for t in texts]
 
 
 def test_tokenizer_rules():
