@@ -40,6 +40,8 @@ class ModelConfig:
     score: str = "brnn"  # 'brnn' (eq. 8), 'defrag' (eq. 7) or 'global' baseline
     loss: str = "ranking"  # 'ranking' (eq. 9, sum of violations) or 'vsepp' (hardest negative)
     margin: float = 1.0  # ranking margin
+    fragment_weight: float = 0.0  # add DeFrag's fragment objective with this weight (needed by score 'defrag')
+    fragment_mil: bool = True  # fragment objective with DeFrag's multiple-instance labels
     gen_cell: str = "rnn"  # generator cell: 'rnn' (paper, ReLU) or 'lstm'
     gen_hidden: int = 512  # generator hidden size (paper: 512)
     gen_word_dim: int = 512  # generator word embedding size

@@ -15,9 +15,10 @@ from karpalign.data import pipeline as P
 from karpalign.data.text import Vocabulary
 from karpalign.layers.brnn_encoder import BRNNEncoder
 from karpalign.layers.region_embedding import RegionEmbedding
-from karpalign.losses import bidirectional_loss
+from karpalign.losses import bidirectional_loss, fragment_loss
 from karpalign.models.alignment_model import AlignmentModel
 from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
+from karpalign.models.scores import region_word_dots
 from karpalign.training.loop import Task
 
 ALIGN_MODEL = "alignment.keras"
@@ -155,8 +156,13 @@ class AlignTask(_RecordsTask):
             s2i = tf.transpose(i2s)  # one replica: local == global, the same matrix read by columns
         else:
             s2i = tf.transpose(model.score_matrix(v_all, vm_all, s, s_mask))  # (B_local, B_global)
+        m = self.cfg.model
         total = bidirectional_loss(tf.cast(i2s, tf.float32), tf.cast(s2i, tf.float32), own, keys, keys_all,
-                                   margin=self.cfg.model.margin, kind=self.cfg.model.loss)
+                                   margin=m.margin, kind=m.loss)
+        if m.fragment_weight:
+            # local images × all sentences: the replicas' blocks partition the global batch's fragment pairs
+            dots = tf.cast(region_word_dots(v, s_all), tf.float32)  # (B_local, B_global, R, T)
+            total += m.fragment_weight * fragment_loss(dots, v_mask, sm_all, keys, keys_all, mil=m.fragment_mil)
         return total / global_batch_size
 
     def validate(self, model):

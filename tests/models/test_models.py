@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 from karpalign.layers import BRNNEncoder, RegionEmbedding
-from karpalign.losses import bidirectional_loss
+from karpalign.losses import bidirectional_loss, fragment_loss
 from karpalign.models.alignment_model import AlignmentModel
 from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
-from karpalign.models.scores import brnn_score, defrag_score, global_score, get_score
+from karpalign.models.scores import brnn_score, defrag_score, global_score, get_score, region_word_dots
 
 
 def _inputs():
@@ -47,6 +47,61 @@ def test_ranking_loss_matches_equation_9():
     hardest = sum(max(max(0, S[k, l] - S[k, k] + 1) for l in range(3) if l != k) +
                   max(max(0, S[l, k] - S[k, k] + 1) for l in range(3) if l != k) for k in range(3))
     assert bidirectional_loss(S, S.T, tf.range(3), ids, ids, kind="vsepp").numpy() == pytest.approx(hardest)
+
+
+def _fragment_loss_loops(dots, vm, sm, qids, cids, mil):
+    total = 0.0
+    for i in range(dots.shape[0]):
+        pos, neg, n_pos, n_neg = 0.0, 0.0, 0, 0
+        for j in range(dots.shape[1]):
+            R, T = vm[i].astype(bool), sm[j].astype(bool)
+            d = dots[i, j][R][:, T]  # (R_i, T_j) valid fragments
+            if qids[i] == cids[j]:
+                y = np.ones_like(d)
+                if mil:
+                    y = np.where(d > 0, 1.0, -1.0)
+                    y[d.argmax(0), np.arange(d.shape[1])] = 1.0  # each word's best region
+                pos += np.maximum(0, 1 - y * d).sum()
+                n_pos += 1
+            else:
+                neg += np.maximum(0, 1 + d).sum()
+                n_neg += 1
+        total += pos / max(n_pos, 1) + neg / max(n_neg, 1)
+    return total
+
+
+@pytest.mark.parametrize("mil", [True, False])
+def test_fragment_loss_matches_loops(mil):
+    rng = np.random.default_rng(3)
+    v, s = rng.normal(size=(3, 4, 6)).astype("f4"), rng.normal(size=(4, 5, 6)).astype("f4")
+    vm = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], "f4")
+    sm = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]], "f4")
+    qids, cids = np.array([10, 11, 12]), np.array([10, 11, 11, 12])  # image 11 has two sentences
+    dots = region_word_dots(v, s).numpy()  # (3, 4, 4, 5)
+    got = fragment_loss(dots, vm, sm, qids, cids, mil=mil).numpy()
+    assert got == pytest.approx(_fragment_loss_loops(dots, vm, sm, qids, cids, mil), rel=1e-5)
+
+
+def test_fragment_loss_lifts_true_pairs_out_of_the_dead_zone():
+    # Every region-word dot below zero: the DeFrag score is 0 everywhere and the ranking loss has no gradient.
+    v = tf.Variable(-np.abs(np.random.default_rng(0).normal(size=(2, 3, 4))).astype("f4"))
+    s = tf.constant(np.abs(np.random.default_rng(1).normal(size=(2, 5, 4))).astype("f4"))
+    vm, sm, ids = tf.ones([2, 3]), tf.ones([2, 5]), tf.range(2)
+    with tf.GradientTape(persistent=True) as tape:
+        scores = defrag_score(v, vm, s, sm)
+        ranking = bidirectional_loss(scores, tf.transpose(scores), ids, ids, ids)
+        fragment = fragment_loss(region_word_dots(v, s), vm, sm, ids, ids)
+    assert float(tf.reduce_max(scores)) == 0.0
+    assert float(tf.reduce_max(tf.abs(tape.gradient(ranking, v)))) == 0.0
+    assert float(tf.reduce_max(tf.abs(tape.gradient(fragment, v)))) > 0
+    # Gradient descent on the fragment objective alone brings the true pairs' scores back to life, above
+    # the false pairs'; from there the ranking loss has gradients again.
+    for _ in range(50):
+        with tf.GradientTape() as tape:
+            fragment = fragment_loss(region_word_dots(v, s), vm, sm, ids, ids)
+        v.assign_sub(0.05 * tape.gradient(fragment, v))
+    scores = defrag_score(v, vm, s, sm).numpy()
+    assert scores[0, 0] > max(scores[0, 1], scores[1, 0]) and scores[1, 1] > max(scores[0, 1], scores[1, 0])
 
 
 def test_captions_of_the_same_image_are_not_negatives():

@@ -108,9 +108,11 @@ MIRRORED = textwrap.dedent("""
     records, out, small = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     losses = {}
     for name in ("default", "mirrored"):
-        cfg = load_config(None, small + [f"data.records_dir={records}", f"runtime.output_dir={out}/{name}",
-                                         "train.steps=4", "train.eval_every=4", f"runtime.strategy={name}"])
-        losses[name] = train(cfg, AlignTask, progress=False).losses
+        for objective, extra in (("ranking", []), ("fragment", ["model.score=defrag", "model.fragment_weight=2"])):
+            cfg = load_config(None, small + [f"data.records_dir={records}",
+                                             f"runtime.output_dir={out}/{name}-{objective}", "train.steps=4",
+                                             "train.eval_every=4", f"runtime.strategy={name}", *extra])
+            losses[f"{name}-{objective}"] = train(cfg, AlignTask, progress=False).losses
     print(json.dumps(losses))
 """)
 
@@ -122,7 +124,10 @@ def test_mirrored_on_two_cpus_matches_one_device(toy_records, tmp_path):
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     losses = json.loads(done.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(losses["mirrored"], losses["default"], rtol=2e-3, atol=1e-4)
+    for objective in ("ranking", "fragment"):  # the fragment objective sums over local images x all sentences
+        np.testing.assert_allclose(losses[f"mirrored-{objective}"], losses[f"default-{objective}"],
+                                   rtol=2e-3, atol=1e-4)
+    assert losses["default-fragment"] != losses["default-ranking"]
 
 
 def _free_ports(n):
