@@ -1,7 +1,7 @@
 """karpalign-align: MRF (Viterbi) alignment of sentence words to image regions with a trained model.
 
   karpalign-align --model-dir runs/align --records-dir runs/records --out runs/align/regions \
-      [--dataset data/scenes/dataset.json] [--beta 1.0] [--splits train,val,test] \
+      [--dataset data/scenes/dataset.json] [--beta 1.0 | --tune-beta 0,0.5,1,2,4] [--splits train,val,test] \
       [--pictures 20 [--pictures-split test]]
 
 Writes snippets-<split>.jsonl, region–snippet TFRecords (for karpalign-train --task caption --on regions),
@@ -9,6 +9,9 @@ alignment.json (counts and, with --dataset holding phrase links, word/snippet al
 With --pictures N: pictures/NNNN_<image id>_s0.png, the first sentence of each of the first N images of
 --pictures-split drawn onto its image (read from the records' image paths; images whose file is missing are
 skipped and counted), and pictures/index.html showing them; alignment.json gets a "pictures" entry.
+With --tune-beta B1,B2,...: each smoothing value is tried on --tune-split (default val; needs --dataset's
+phrase links), the one with the best word alignment accuracy is used for every split, and alignment.json
+gets a "beta_search" entry with each value's accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--dataset", default=None, help="dataset.json with ground-truth phrase links (scenes)")
     p.add_argument("--beta", type=float, default=1.0, help="MRF smoothing: reward for neighbours sharing a region")
+    p.add_argument("--tune-beta", default=None, metavar="B1,B2,...",
+                   help="choose beta among these by word alignment accuracy on --tune-split (needs --dataset)")
+    p.add_argument("--tune-split", default="val")
     p.add_argument("--splits", default="train,val,test")
     p.add_argument("--max-words", type=int, default=None, help="default: the model's data.max_words")
     p.add_argument("--min-snippet-words", type=int, default=1)
@@ -39,6 +45,18 @@ def main(argv=None) -> int:
     if args.pictures < 0:
         print(f"karpalign-align: --pictures must be >= 0, got {args.pictures}", file=sys.stderr)
         return 2
+    betas = None
+    if args.tune_beta is not None:
+        try:
+            betas = [float(b) for b in args.tune_beta.split(",") if b.strip()]
+        except ValueError:
+            print(f"karpalign-align: --tune-beta needs comma-separated numbers, got {args.tune_beta!r}",
+                  file=sys.stderr)
+            return 2
+        if not betas or not args.dataset:
+            print("karpalign-align: --tune-beta needs at least one value and --dataset with phrase links",
+                  file=sys.stderr)
+            return 2
 
     import keras
 
@@ -74,6 +92,15 @@ def main(argv=None) -> int:
     model = keras.saving.load_model(model_path)
     os.makedirs(args.out, exist_ok=True)
     results, counts = {}, {}
+    if betas:
+        try:
+            args.beta, results["beta_search"] = tune_beta(model, args.records_dir, args.tune_split, betas, gt,
+                                                          max_words=max_words, max_images=args.max_images)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"karpalign-align: --tune-beta on split {args.tune_split}: {e}", file=sys.stderr)
+            return 2
+        print(f"karpalign-align: beta {args.beta:g} aligns best on {args.tune_split} "
+              f"({results['beta_search']['word_accuracy']})", file=sys.stderr)
     try:
         for split in [s for s in args.splits.split(",") if s]:
             r = align_split(model, args.records_dir, split, args.out, beta=args.beta, max_words=max_words,
@@ -98,6 +125,28 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def tune_beta(model, records_dir: str, split: str, betas: list[float], ground_truth: dict, *, max_words: int,
+              max_images: int | None = None) -> tuple[float, dict]:
+    """Aligns ``split`` with each beta (outputs thrown away) -> (best beta, {"split", "word_accuracy": {beta:
+    acc}, "chosen"}). Ties go to the smaller beta. Raises ValueError when the split has no phrase links."""
+    import tempfile
+
+    from karpalign.alignment.job import align_split
+
+    accuracy = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for beta in betas:
+            r = align_split(model, records_dir, split, tmp, beta=beta, max_words=max_words,
+                            ground_truth=ground_truth, max_images=max_images, progress=False)
+            acc = (r.get("accuracy") or {}).get("word_accuracy")
+            if acc is None:
+                raise ValueError(f"split {split} has no words linked to ground-truth boxes in the dataset, so "
+                                 "beta cannot be tuned on it")
+            accuracy[f"{beta:g}"] = acc
+    best = min(betas, key=lambda b: (-accuracy[f"{b:g}"], b))
+    return best, {"split": split, "word_accuracy": accuracy, "chosen": best}
 
 
 def _report_pictures(r: dict) -> None:

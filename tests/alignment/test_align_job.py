@@ -40,6 +40,34 @@ def test_align_cli_writes_snippets_records_and_accuracy(trained_align, toy_recor
     np.testing.assert_allclose(region["region_features"][0, 0], src[image_id][int(r[1:])])
 
 
+def test_align_cli_tunes_beta_on_val(trained_align, toy_records, tmp_path, capsys):
+    from karpalign.cli.align import main
+
+    model_dir, _ = trained_align
+    dataset = os.path.join(toy_records, "dataset.json")
+    out = tmp_path / "tuned"
+    assert main(["--model-dir", model_dir, "--records-dir", toy_records, "--out", str(out), "--dataset", dataset,
+                 "--tune-beta", "0,0.5,50", "--splits", "val"]) == 0
+    result = json.load(open(out / "alignment.json"))
+    search = result["beta_search"]
+    assert search["split"] == "val" and sorted(search["word_accuracy"]) == ["0", "0.5", "50"]
+    best = max(search["word_accuracy"].values())
+    assert search["word_accuracy"][f"{search['chosen']:g}"] == best
+    # The chosen beta is the one every split is then aligned with, giving the same val accuracy.
+    assert result["val"]["beta"] == search["chosen"]
+    assert result["val"]["accuracy"]["word_accuracy"] == pytest.approx(best)
+    assert F.read_manifest(str(out))["beta"] == search["chosen"]
+    assert f"beta {search['chosen']:g} aligns best on val" in capsys.readouterr().err
+    for bad, message in ((["--tune-beta", "0,x"], "comma-separated numbers"),
+                         (["--tune-beta", "1"], "needs at least one value and --dataset")):
+        args = ["--model-dir", model_dir, "--records-dir", toy_records, "--out", str(tmp_path / "bad"), *bad]
+        if "x" not in bad[1]:
+            assert main(args) == 2
+        else:
+            assert main(args + ["--dataset", dataset]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_align_cli_errors(tmp_path, capsys):
     from karpalign.cli.align import main
 
