@@ -61,7 +61,9 @@ class ExtractConfig:
       image_root: folder the dataset's image paths are relative to (local or URL); default: the dataset's folder.
       cnn: backbone spec for :func:`karpalign.vision.backbones.get_backbone`.
       crop_size: side of the square region crops; default the backbone's input height.
-      proposer: ``boxes`` (the dataset's own boxes), ``grid`` or ``detector:<SavedModel or hub handle>``.
+      proposer: ``boxes`` (the dataset's own boxes), ``grid``, ``segments`` (Selective Search-style, no model;
+        options as ``segments|scale=80|max_side=256``, see :class:`karpalign.vision.proposers.SegmentsProposer`)
+        or ``detector:<SavedModel or hub handle>``.
       regions: K, boxes per image besides the full image (manifest ``num_regions`` = K + 1).
       min_word_count: training-split count a word needs to enter the vocabulary.
       fold_restval: COCO ``restval`` images count as ``train``.
@@ -71,7 +73,8 @@ class ExtractConfig:
       max_image_pixels: decompression-bomb limit, width * height.
       max_failure_fraction: the run counts as failed when failed / input exceeds this.
       splits: splits to extract (default: every split in the dataset).
-      detector_score_threshold / detector_iou_threshold: for ``detector:`` proposers.
+      detector_score_threshold: for ``detector:`` proposers.
+      detector_iou_threshold: NMS IoU threshold of ``detector:`` and ``segments`` proposers.
       progress_every: each worker logs a line per this many decoded images (0: never).
       overwrite: replace earlier outputs in ``out`` (otherwise existing shards/manifest are an error).
     """
@@ -115,8 +118,17 @@ class ExtractConfig:
                 raise ExtractError(f"min_batch_size {self.min_batch_size} exceeds batch_size {self.batch_size}")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ExtractError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
-        if self.proposer not in ("boxes", "grid") and not self.proposer.startswith("detector:"):
-            raise ExtractError(f"unknown proposer {self.proposer!r}: use 'boxes', 'grid' or 'detector:<model>'")
+        segments = self.proposer == "segments" or self.proposer.startswith("segments|")
+        if self.proposer not in ("boxes", "grid") and not segments and not self.proposer.startswith("detector:"):
+            raise ExtractError(f"unknown proposer {self.proposer!r}: use 'boxes', 'grid', 'segments' or "
+                               "'detector:<model>'")
+        if segments:
+            from karpalign.vision.proposers import SegmentsProposer
+
+            try:  # checks the options and their values without touching an image
+                SegmentsProposer.from_spec(self.proposer, self.regions, self.detector_iou_threshold)
+            except ValueError as exc:
+                raise ExtractError(str(exc)) from exc
         if self.proposer.startswith("detector:") and not self.proposer[len("detector:"):]:
             raise ExtractError("proposer 'detector:' needs a model path or hub handle after the colon")
 
@@ -338,6 +350,8 @@ def _publish(local_path: str, dest: str) -> None:
 
 def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
     """Checks ``input == written + failed``, writes ``vocab.txt`` and ``manifest.json``, removes ``_job/``."""
+    from karpalign.vision.proposers import proposer_name
+
     c = plan.config
     n_input, written, failed = read_counts(plan.counts_path)
     n_written, n_failed = sum(written.values()), sum(failed.values())
@@ -356,6 +370,7 @@ def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
         "crop_size": plan.crop_size,
         "proposer": c.proposer,
         "proposer_k": c.regions,
+        "proposer_name": proposer_name(c.proposer, c.regions, c.detector_score_threshold, c.detector_iou_threshold),
         "input_records": n_input,
         "written": n_written,
         "failed": n_failed,

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, GIF, BMP, WebP)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--boxes", help="'ymin,xmin,ymax,xmax;...' normalised to [0, 1]")
-    where.add_argument("--proposer", help="'grid' or 'detector:<SavedModel or hub handle>' (full image first)")
+    where.add_argument("--proposer", help="'grid', 'segments' or 'detector:<SavedModel or hub handle>' "
+                                              "(full image first)")
     p.add_argument("--regions", type=int, default=19, help="K boxes from --proposer besides the full image")
     p.add_argument("--beam-size", type=int, default=7)
     p.add_argument("--max-length", type=int, default=20)

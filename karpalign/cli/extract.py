@@ -36,11 +36,13 @@ def _parser() -> argparse.ArgumentParser:
                         "(e.g. 'keras:m.keras|size=160,160'); default efficientnet_lite0")
     p.add_argument("--crop-size", type=int, default=None, help="square region crop side (default: the CNN's "
                                                                 "input size, 224 for EfficientNet-Lite0)")
-    p.add_argument("--proposer", default="grid", help="boxes (the dataset's boxes) | grid | detector:PATH "
-                                                      "(default grid)")
+    p.add_argument("--proposer", default="grid",
+                   help="boxes (the dataset's boxes) | grid | segments (Selective Search-style grouping of image "
+                        "segments, no model; options after |, e.g. 'segments|max_side=256') | detector:PATH "
+                        "(default grid)")
     p.add_argument("--regions", type=int, default=19, help="K boxes per image besides the full image (paper: 19)")
     p.add_argument("--detector-score", type=float, default=0.3, help="detector: minimum box score")
-    p.add_argument("--detector-iou", type=float, default=0.5, help="detector: NMS IoU threshold")
+    p.add_argument("--detector-iou", type=float, default=0.5, help="detector and segments: NMS IoU threshold")
     p.add_argument("--min-word-count", type=int, default=5, help="training count to enter the vocabulary (paper: 5)")
     p.add_argument("--fold-restval", action="store_true", help="COCO restval images count as train")
     p.add_argument("--splits", default=None, help="comma-separated splits to extract (default: all in the dataset)")

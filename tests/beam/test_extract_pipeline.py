@@ -209,6 +209,35 @@ def test_efficientnet_lite0_small_run(scenes, tmp_path, monkeypatch):
     assert np.isfinite(feats).all() and feats.std() > 0
 
 
+def test_segments_proposer_in_the_job(scenes, tiny_cnn, tmp_path):
+    """The model-free ``segments`` proposer on 4 images: the shards hold exactly its boxes."""
+    from karpalign.beam.job import run_extract
+    from karpalign.data.features import read_manifest
+    from karpalign.data.records import read_dataset
+    from karpalign.vision.images import decode_image
+    from karpalign.vision.proposers import SegmentsProposer
+
+    data = json.load(open(scenes))
+    data["images"] = [img for img in data["images"] if img["split"] == "train"][:4]
+    path = os.path.join(os.path.dirname(scenes), "four_for_segments.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    out = tmp_path / "out"
+    run_extract(_config(path, out, tiny_cnn, proposer="segments", regions=5, shards_per_split=1))
+    manifest = read_manifest(str(out))
+    proposer = SegmentsProposer(5)
+    assert manifest["proposer"] == "segments" and manifest["proposer_name"] == proposer.name
+    assert manifest["written"] == 4 and manifest["num_regions"] == 6
+    parsed, _ = _read_split(out, "train", manifest["feature_dim"], 6)
+    records = {r.image_id: r for r in read_dataset(path)}
+    for i, image_id in enumerate(parsed["image_id"]):
+        with open(records[image_id.decode()].path, "rb") as f:
+            expected = proposer.propose(decode_image(f.read()))  # (1 + K', 4)
+        n = len(expected)
+        np.testing.assert_array_equal(parsed["boxes"][i, :n], expected)
+        assert parsed["region_mask"][i].tolist() == [1.0] * n + [0.0] * (6 - n)
+
+
 def test_bad_configuration_is_refused_before_running(scenes, tiny_cnn, tmp_path, capsys):
     assert _run_cli(["--dataset", scenes, "--out", str(tmp_path / "o"), "--cnn", tiny_cnn,
                      "--splits", "train,nosuchsplit"]) == 2
@@ -217,4 +246,6 @@ def test_bad_configuration_is_refused_before_running(scenes, tiny_cnn, tmp_path,
     assert "/no/such/model.keras" in capsys.readouterr().err
     assert _run_cli(["--dataset", scenes, "--out", str(tmp_path / "o"), "--proposer", "selective-search"]) == 2
     assert "selective-search" in capsys.readouterr().err
+    assert _run_cli(["--dataset", scenes, "--out", str(tmp_path / "o"), "--proposer", "segments|scale=-1"]) == 2
+    assert "scale must be a number > 0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
