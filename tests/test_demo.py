@@ -37,6 +37,7 @@ def test_quick_demo_end_to_end_then_reused(tmp_path):
     alignment = json.load(open(p.alignment_json))
     assert alignment["train"]["snippets"] > 0 and alignment["pictures"]["pictures"] > 0
     assert alignment["train"]["accuracy"]["word_accuracy"] is not None
+    assert alignment["beta_search"]["split"] == "val" and alignment["train"]["beta"] == alignment["beta_search"]["chosen"]
     captions = json.load(open(p.captions_json(p.caption, "test", 3)))
     assert "baseline" in captions and captions["metrics"]["n_images"] > 0
     assert os.path.exists(p.region_captions_json(p.caption_regions, "test", 3))

@@ -216,9 +216,10 @@ def mrf_align(cfg: dict, p: L.Paths) -> None:
     from karpalign.cli.align import main
 
     m = cfg["mrf"]
+    tune = ["--tune-beta", ",".join(str(b) for b in m["tune_beta"])] if m.get("tune_beta") else []
     _call(main, ["--model-dir", p.align, "--records-dir", p.records, "--out", p.regions, "--dataset", p.dataset,
-                 "--beta", str(m["beta"]), "--splits", ",".join(m["splits"]), "--pictures", str(m["pictures"]),
-                 "--pictures-split", "test"], "karpalign-align")
+                 "--beta", str(m["beta"]), *tune, "--splits", ",".join(m["splits"]),
+                 "--pictures", str(m["pictures"]), "--pictures-split", "test"], "karpalign-align")
     result = _json(p.alignment_json)
     if not result.get("train", {}).get("snippets"):
         raise DemoError(f"{p.alignment_json}: no training snippets were produced, the region generator has no data")

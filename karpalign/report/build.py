@@ -171,7 +171,7 @@ def section_alignment(p: L.Paths, page_dir: str) -> str:
         return _note(f"{path} not found: no MRF alignment in this run")
     rows = []
     for split, r in a.items():
-        if split == "pictures" or not isinstance(r, dict):
+        if split in ("pictures", "beta_search") or not isinstance(r, dict):
             continue
         acc = r.get("accuracy") or {}
         rows.append((split, [_e(r.get("images", "?")), _e(r.get("sentences", "?")), _e(r.get("snippets", "?")),
@@ -182,6 +182,10 @@ def section_alignment(p: L.Paths, page_dir: str) -> str:
                                "snippet accuracy %", "β"], rows)
     out += _note("Accuracy against the scenes' ground-truth phrase links: a word (snippet) counts as correct "
                  "when its region overlaps the box its phrase refers to.")
+    search = a.get("beta_search")
+    if isinstance(search, dict) and isinstance(search.get("word_accuracy"), dict):
+        tried = ", ".join(f"β {b}: {_num(100 * acc)}%" for b, acc in search["word_accuracy"].items())
+        out += _note(f"β chosen on {_e(search.get('split', '?'))} by word accuracy ({tried}).")
     pictures = os.path.join(p.regions, "pictures", "index.html")
     if os.path.exists(pictures):
         out += f'<p><a href="{_rel(pictures, page_dir)}">All alignment pictures drawn by karpalign-align</a></p>'

@@ -56,7 +56,8 @@ def make_fake_run(run_dir):
                   "accuracy": {"word_accuracy": 0.75, "snippet_accuracy": 0.5}},
         "test": {"split": "test", "images": 2, "sentences": 10, "snippets": 15, "beta": 1.0,
                  "accuracy": {"word_accuracy": None, "snippet_accuracy": None}},
-        "pictures": {"pictures": 0}})
+        "pictures": {"pictures": 0},
+        "beta_search": {"split": "val", "word_accuracy": {"0.5": 0.625, "2": 0.75}, "chosen": 2.0}})
     for beam, scale in ((1, 0.8), (7, 1.0)):
         r = {"metrics": _metrics(scale), "novelty": {"in_training_set": 0.9, "novel": 0.1}, "samples": []}
         if beam == 7:
@@ -85,6 +86,8 @@ def test_report_renders_in_chromium_with_tables_and_all_images(tmp_path):
         assert f'<table class="{table}">' in dom, table
     # figures from the inputs, the chance baseline and escaping of the references
     assert "<td>40.0</td>" in dom and "<td>75.0</td>" in dom
+    assert "β chosen on val by word accuracy (β 0.5: 62.5%, β 2: 75.0%)" in dom
+    assert "<td>beta_search</td>" not in dom  # the search is a note, not a split row
     assert "random scores (chance)" in dom and "nearest-neighbour baseline" in dom
     assert "a red circle and a &lt;blue&gt; square" in dom
     # every image reference is relative and stays inside the report folder
