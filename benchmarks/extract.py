@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--regions", type=int, default=19, help="K (the scenes have at most a few boxes each)")
     p.add_argument("--cnn", default="efficientnet_lite0")
     p.add_argument("--repeats", type=int, default=2, help="repeat the interleaved sequence; keep the fastest")
+    p.add_argument("--beam-args", default="--runner=DirectRunner",
+                   help="Beam pipeline options for the pipeline runs, e.g. '--runner=DirectRunner "
+                        "--direct_num_workers=2 --direct_running_mode=multi_threading'")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
                                    min_word_count=1, shards_per_split=2, batch_size=args.batch_size,
                                    progress_every=0)
             start = time.perf_counter()
-            result = run_extract(config, ["--runner=DirectRunner"])
+            result = run_extract(config, args.beam_args.split())
             seconds = time.perf_counter() - start
             assert result.manifest["written"] == count, result.manifest
             return seconds
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
              (f"pipeline steady state (the {n} more)", steady, n)]
     print(f"{2 * n} images {args.image_size} px, {n_regions} regions ({n_regions / (2 * n):.1f}/image), "
           f"{args.cnn} at {args.crop_size} px crops, batch {args.batch_size} images, model load "
-          f"{load_seconds:.1f}s, {os.cpu_count()} CPUs")
+          f"{load_seconds:.1f}s, {os.cpu_count()} CPUs, Beam options: {args.beam_args}")
     runs = f"{n} images {', '.join(f'{t:.1f}' for t in halves)}; {2 * n} images {', '.join(f'{t:.1f}' for t in fulls)}"
     print(f"fixed cost per job (T(N) - (T(2N) - T(N))): {t_half - steady:.1f}s; pipeline runs (s): {runs}")
     print(f"{'measurement':40s} {'images':>6s} {'seconds':>8s} {'images/s':>9s} {'vs bare CNN':>12s}")
