@@ -163,16 +163,22 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def read_yaml(path: str, error: type[Exception], what: str, hint: str = ""):
+    """The YAML document in ``path`` (``{}`` when empty). A missing file or invalid YAML raises ``error`` with a
+    message naming ``what`` and ``path`` (plus ``hint`` for a missing file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found{hint}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path}: invalid YAML: {e}") from None
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: invalid YAML: {e}") from None
+        data = read_yaml(path, ConfigError, "config file")
         try:
             _merge(cfg, data, "")
         except ConfigError as e:

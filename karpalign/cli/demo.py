@@ -32,6 +32,7 @@ import time
 
 import yaml
 
+from karpalign.config import read_yaml
 from karpalign.report import layout as L  # the demo folder's layout, shared with the report
 
 PROG = "karpalign-demo"
@@ -67,13 +68,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 def load_demo_config(path: str, quick: bool = False) -> dict:
     """Reads the demo config (and applies its ``quick`` overrides); errors name the file and the key."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise DemoError(f"demo config {path} not found (pass --config)") from None
-    except yaml.YAMLError as e:
-        raise DemoError(f"demo config {path}: invalid YAML: {e}") from None
+    raw = read_yaml(path, DemoError, "demo config", hint=" (pass --config)")
     if not isinstance(raw, dict):
         raise DemoError(f"demo config {path}: expected a mapping of sections, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS) - {"quick"})
