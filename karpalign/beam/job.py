@@ -118,19 +118,14 @@ class ExtractConfig:
                 raise ExtractError(f"min_batch_size {self.min_batch_size} exceeds batch_size {self.batch_size}")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ExtractError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
-        segments = self.proposer == "segments" or self.proposer.startswith("segments|")
-        if self.proposer not in ("boxes", "grid") and not segments and not self.proposer.startswith("detector:"):
-            raise ExtractError(f"unknown proposer {self.proposer!r}: use 'boxes', 'grid', 'segments' or "
-                               "'detector:<model>'")
-        if segments:
-            from karpalign.vision.proposers import SegmentsProposer
-
-            try:  # checks the options and their values without touching an image
-                SegmentsProposer.from_spec(self.proposer, self.regions, self.detector_iou_threshold)
-            except ValueError as exc:
-                raise ExtractError(str(exc)) from exc
         if self.proposer.startswith("detector:") and not self.proposer[len("detector:"):]:
             raise ExtractError("proposer 'detector:' needs a model path or hub handle after the colon")
+        from karpalign.vision.proposers import proposer_name
+
+        try:  # get_proposer's own checks (unknown spec, segments options) without loading a detector
+            proposer_name(self.proposer, self.regions, self.detector_score_threshold, self.detector_iou_threshold)
+        except ValueError as exc:
+            raise ExtractError(str(exc)) from exc
 
 
 @dataclasses.dataclass

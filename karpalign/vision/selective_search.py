@@ -218,19 +218,15 @@ def nms(boxes: np.ndarray, iou_threshold: float, max_out: int) -> list[int]:
 
     A box is dropped when its IoU with an already kept box exceeds ``iou_threshold``.
     """
+    from karpalign.alignment.accuracy import box_iou
+
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,)
     order = np.arange(len(boxes))
     keep: list[int] = []
     while len(order) and len(keep) < max_out:
         i, rest = order[0], order[1:]
         keep.append(int(i))
-        inter = (np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-                 * np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0,
-                           None))  # (len(rest),)
-        union = areas[i] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
+        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]  # IoU with the box just kept
     return keep
 
 
