@@ -17,21 +17,29 @@ def region_word_dots(v, s):
     return tf.einsum("irh,sth->isrt", v, s)
 
 
-def brnn_score(v, v_mask, s, s_mask):
-    """Paper eq. 8: S_kl = Σ_t max_i v_i·s_t (each word takes its single best region)."""
-    dots = region_word_dots(v, s)  # (I, S, R, T)
+def brnn_score_from_dots(dots, v_mask, s_mask):
+    """Eq. 8 from precomputed :func:`region_word_dots` (I, S, R, T) -> (I, S)."""
     v_mask = tf.cast(v_mask, dots.dtype)[:, None, :, None]  # (I, 1, R, 1)
     s_mask = tf.cast(s_mask, dots.dtype)[None, :, :]  # (1, S, T)
     best = tf.reduce_max(dots + (1.0 - v_mask) * _NEG, axis=2)  # (I, S, T)
     return tf.reduce_sum(best * s_mask, axis=-1)  # (I, S)
 
 
-def defrag_score(v, v_mask, s, s_mask):
-    """DeFrag-style (eq. 7): S_kl = Σ_t Σ_i max(0, v_i·s_t)."""
-    dots = tf.nn.relu(region_word_dots(v, s))  # (I, S, R, T)
+def defrag_score_from_dots(dots, v_mask, s_mask):
+    """Eq. 7 from precomputed :func:`region_word_dots` (I, S, R, T) -> (I, S)."""
     v_mask = tf.cast(v_mask, dots.dtype)[:, None, :, None]
     s_mask = tf.cast(s_mask, dots.dtype)[None, :, None, :]
-    return tf.reduce_sum(dots * v_mask * s_mask, axis=[2, 3])  # (I, S)
+    return tf.reduce_sum(tf.nn.relu(dots) * v_mask * s_mask, axis=[2, 3])  # (I, S)
+
+
+def brnn_score(v, v_mask, s, s_mask):
+    """Paper eq. 8: S_kl = Σ_t max_i v_i·s_t (each word takes its single best region)."""
+    return brnn_score_from_dots(region_word_dots(v, s), v_mask, s_mask)
+
+
+def defrag_score(v, v_mask, s, s_mask):
+    """DeFrag-style (eq. 7): S_kl = Σ_t Σ_i max(0, v_i·s_t)."""
+    return defrag_score_from_dots(region_word_dots(v, s), v_mask, s_mask)
 
 
 def global_score(v, v_mask, s, s_mask):
@@ -44,6 +52,8 @@ def global_score(v, v_mask, s, s_mask):
 
 
 SCORES = {"brnn": brnn_score, "defrag": defrag_score, "global": global_score}
+# Scores that are functions of the region-word dot products, for callers that need the dots anyway.
+SCORES_FROM_DOTS = {"brnn": brnn_score_from_dots, "defrag": defrag_score_from_dots}
 
 
 def get_score(name: str):

@@ -18,7 +18,7 @@ from karpalign.layers.region_embedding import RegionEmbedding
 from karpalign.losses import bidirectional_loss, fragment_loss
 from karpalign.models.alignment_model import AlignmentModel
 from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
-from karpalign.models.scores import region_word_dots
+from karpalign.models.scores import SCORES_FROM_DOTS, region_word_dots
 from karpalign.training.loop import Task
 
 ALIGN_MODEL = "alignment.keras"
@@ -151,18 +151,24 @@ class AlignTask(_RecordsTask):
         v_all, vm_all, s_all, sm_all, keys_all = (_gather(x) for x in (v, v_mask, s, s_mask, keys))
         local = tf.shape(v)[0]
         own = _replica_offset(local) + tf.range(local)
-        i2s = model.score_matrix(v, v_mask, s_all, sm_all)  # (B_local, B_global)
+        m = self.cfg.model
+        dots = None
+        if m.fragment_weight:
+            # local images × all sentences: the replicas' blocks partition the global batch's fragment pairs
+            dots = region_word_dots(v, s_all)  # (B_local, B_global, R, T)
+        if dots is not None and model.score in SCORES_FROM_DOTS:  # the dots once, for the score and the objective
+            i2s = SCORES_FROM_DOTS[model.score](dots, v_mask, sm_all)  # (B_local, B_global)
+        else:
+            i2s = model.score_matrix(v, v_mask, s_all, sm_all)  # (B_local, B_global)
         if tf.distribute.get_strategy().num_replicas_in_sync == 1:
             s2i = tf.transpose(i2s)  # one replica: local == global, the same matrix read by columns
         else:
             s2i = tf.transpose(model.score_matrix(v_all, vm_all, s, s_mask))  # (B_local, B_global)
-        m = self.cfg.model
         total = bidirectional_loss(tf.cast(i2s, tf.float32), tf.cast(s2i, tf.float32), own, keys, keys_all,
                                    margin=m.margin, kind=m.loss)
-        if m.fragment_weight:
-            # local images × all sentences: the replicas' blocks partition the global batch's fragment pairs
-            dots = tf.cast(region_word_dots(v, s_all), tf.float32)  # (B_local, B_global, R, T)
-            total += m.fragment_weight * fragment_loss(dots, v_mask, sm_all, keys, keys_all, mil=m.fragment_mil)
+        if dots is not None:
+            total += m.fragment_weight * fragment_loss(tf.cast(dots, tf.float32), v_mask, sm_all, keys, keys_all,
+                                                       mil=m.fragment_mil)
         return total / global_batch_size
 
     def validate(self, model):

@@ -30,6 +30,12 @@ def test_scores_match_loops_and_respect_masks():
             assert brnn[k, l] == pytest.approx(dots.max(0).sum(), rel=1e-5)
             assert defrag[k, l] == pytest.approx(np.maximum(dots, 0).sum(), rel=1e-5, abs=1e-6)
             assert glob[k, l] == pytest.approx(v[k, :R].mean(0) @ s[l, :T].mean(0), rel=1e-5, abs=1e-6)
+    # The dot-product forms (used when training needs the dots anyway) give the same scores.
+    from karpalign.models.scores import SCORES_FROM_DOTS
+
+    dots = region_word_dots(v, s)
+    np.testing.assert_allclose(SCORES_FROM_DOTS["brnn"](dots, vm, sm).numpy(), brnn, rtol=1e-6)
+    np.testing.assert_allclose(SCORES_FROM_DOTS["defrag"](dots, vm, sm).numpy(), defrag, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown score"):
         get_score("cosine")
 
