@@ -102,6 +102,10 @@ def test_crop_regions_is_exact_on_a_gradient():
     np.testing.assert_allclose(crops[1, -1, -1, :2], [0.5 * (h - 1) * 10, 0.5 * (w - 1) * 10])
     np.testing.assert_allclose(crops[2, 0, 0, :2], [0.5 * (h - 1) * 10, 0.25 * (w - 1) * 10])
     np.testing.assert_allclose(crops[..., 2], 7)
+    for dtype in (np.float32, np.float64, np.uint16, np.uint32, np.int64):  # uint32: not a kernel type, cast
+        other = crop_regions(image.astype(dtype), boxes, 5)
+        assert other.dtype == np.float32
+        np.testing.assert_array_equal(other, crops)
     assert crop_regions(image, np.zeros((0, 4)), 5).shape == (0, 5, 5, 3)
     with pytest.raises(ValueError, match="image must be"):
         crop_regions(image[..., 0], boxes, 5)
