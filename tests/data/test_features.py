@@ -31,3 +31,23 @@ def test_dimension_mismatch_and_bad_arrays():
         encode_example("a", "train", "", np.zeros((2, 4)), np.zeros((3, 4)), [])
     with pytest.raises(ValueError, match="NaN"):
         encode_example("a", "train", "", np.full((1, 4), np.nan), np.zeros((1, 4)), [])
+
+
+def test_packed_float_list_equals_the_value_by_value_list():
+    import numpy as np
+    import tensorflow as tf
+
+    from karpalign.data.features import packed_float_list
+
+    rng = np.random.default_rng(0)
+    for shape in [(0, 4), (1,), (3, 4), (20, 1280), (7, 33)]:  # 20 x 1280 floats: a multi-byte length varint
+        values = rng.standard_normal(shape).astype(np.float32)
+        values.flat[:1] = [np.float32(-0.0)] if values.size else []
+        built = packed_float_list(values)
+        assert built == tf.train.FloatList(value=values.reshape(-1).tolist())
+        np.testing.assert_array_equal(np.array(built.value, np.float32), values.reshape(-1))
+    # float64 input is stored as float32, like the value-by-value list does
+    x = np.array([[1 / 3, 2.5]], np.float64)
+    assert packed_float_list(x) == tf.train.FloatList(value=x.reshape(-1).tolist())
+    y = rng.standard_normal((3, 4)).astype(np.float32).T  # a non-contiguous view: values in its C order
+    assert packed_float_list(y) == tf.train.FloatList(value=y.reshape(-1).tolist())
