@@ -70,6 +70,8 @@ class ExtractConfig:
       shards_per_split: TFRecord files per split.
       batch_size: images per CNN batch (upper bound of ``beam.BatchElements``).
       min_batch_size: lower bound of ``beam.BatchElements`` (default ``batch_size``: fixed batches).
+      cnn_in_flight: batches the CNN may hold in a background thread while the worker prepares the next ones
+        (reading, decoding, proposing) and encodes the previous ones; 0 runs the CNN inline, without overlap.
       max_image_pixels: decompression-bomb limit, width * height.
       max_failure_fraction: the run counts as failed when failed / input exceeds this.
       splits: splits to extract (default: every split in the dataset).
@@ -91,6 +93,7 @@ class ExtractConfig:
     shards_per_split: int = 4
     batch_size: int = 16
     min_batch_size: Optional[int] = None
+    cnn_in_flight: int = 1
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_failure_fraction: float = 0.05
     splits: Optional[Sequence[str]] = None
@@ -108,6 +111,7 @@ class ExtractConfig:
         positive("min_word_count", self.min_word_count)
         positive("shards_per_split", self.shards_per_split)
         positive("batch_size", self.batch_size)
+        positive("cnn_in_flight", self.cnn_in_flight, 0)
         positive("max_image_pixels", self.max_image_pixels)
         positive("progress_every", self.progress_every, 0)
         if self.crop_size is not None:
@@ -285,7 +289,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> dict:
     decoded, dead_decode = images | "DecodeImages" >> T.DecodeImages(c.max_image_pixels, c.progress_every)
     proposed, dead_propose = decoded | "ProposeRegions" >> T.ProposeRegions(models, plan.proposer)
     featurized, dead_features = proposed | "ExtractFeatures" >> T.ExtractFeatures(
-        models, plan.cnn_spec, plan.crop_size, c.min_batch_size or c.batch_size, c.batch_size)
+        models, plan.cnn_spec, plan.crop_size, c.min_batch_size or c.batch_size, c.batch_size,
+        c.cnn_in_flight)
     encoded, dead_encode = featurized | "EncodeExamples" >> T.EncodeExamples()
     shards = encoded | "WriteSplits" >> T.WriteSplits(c.out, plan.splits, c.shards_per_split)
     dead = ((dead_read, dead_decode, dead_propose, dead_features, dead_encode)

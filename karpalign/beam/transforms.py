@@ -10,10 +10,12 @@ The CNN runs on batches: ``beam.BatchElements`` groups images, their region crop
 backbone sees them in one call, so the network runs on full batches whatever the number of regions per image.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -21,6 +23,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 
 from karpalign.beam.elements import (DEAD_LETTER_TAG, STAGE_DECODE, STAGE_ENCODE, STAGE_FEATURES, STAGE_PROPOSE,
                                      STAGE_READ, DeadLetter, ImageItem)
@@ -170,20 +173,32 @@ class ExtractFeaturesFn(beam.DoFn):
     Each image's regions are cropped in one batched ``crop_and_resize`` (:func:`crop_regions`); the crops of
     all images are concatenated, preprocessed once and run through the backbone once, then split back. If
     that call fails, the images are retried one by one so only the culprit becomes a dead letter.
+
+    **Overlap.** The CNN runs in a background thread of the worker (TensorFlow releases the GIL while it
+    computes), so while batch k is in the network this thread goes on reading, decoding, proposing and cropping
+    the images of batch k + 1 and encoding the results of batch k - 1. ``in_flight`` batches may be
+    waiting for or in the network at once (0: run inline, no thread). Results keep their batch's window and
+    timestamp and leave in input order; whatever is still in flight is emitted at the end of the bundle.
     """
 
-    def __init__(self, shared_handle, cnn_spec: str, crop_size: int):
+    def __init__(self, shared_handle, cnn_spec: str, crop_size: int, in_flight: int = 1):
         self._shared = shared_handle
         self.cnn_spec = cnn_spec
         self.crop_size = int(crop_size)
+        self.in_flight = int(in_flight)
         self.batches = Metrics.counter(NAMESPACE, "feature_batches")
         self.featurized = Metrics.counter(NAMESPACE, "featurized")
         self.failed = Metrics.counter(NAMESPACE, f"failed_{STAGE_FEATURES}")
         self._backbone = None
+        self._executor = None
+        self._pending: collections.deque = collections.deque()
 
     def setup(self):
         # Shared keeps a weak reference; this DoFn's attribute is the strong one that keeps the model alive.
         self._backbone = self._shared.acquire(self._load, tag=f"backbone:{self.cnn_spec}")
+        if self.in_flight > 0:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                   thread_name_prefix="karpalign-cnn")
 
     def _load(self):
         from karpalign.vision.backbones import get_backbone
@@ -194,45 +209,87 @@ class ExtractFeaturesFn(beam.DoFn):
         size = (self.crop_size, self.crop_size)
         return self._backbone(self._backbone.preprocess(crops, size=size))  # (N, D)
 
-    def process(self, batch: list[ImageItem]) -> Iterable[ImageItem]:
+    def _crop(self, batch: list[ImageItem]) -> tuple[list, list]:
+        """Every item's crops (None when they cannot be taken) and its result so far: ``(item, None, reason)``."""
         from karpalign.vision.proposers import crop_regions
 
-        items, crops = [], []
+        crops: list[Optional[np.ndarray]] = []
+        results: list[tuple[ImageItem, Optional[np.ndarray], str]] = []
         for item in batch:
             try:
                 crops.append(crop_regions(item.image, item.regions, self.crop_size))  # (R_i, S, S, 3)
-                items.append(item)
+                results.append((item, None, ""))
             except Exception as exc:
-                yield _dead(item, STAGE_FEATURES, f"cannot crop regions ({_describe(exc)})", self.failed)
-        if not items:
-            return
-        self.batches.inc()
+                crops.append(None)
+                results.append((item, None, f"cannot crop regions ({_describe(exc)})"))
+        return crops, results
+
+    def _network(self, crops: list, results: list) -> tuple[bool, list]:
+        """The backbone on all crops of a batch at once (no Beam calls: it may run in the background thread)
+        -> (whether the backbone ran, ``(item, features (R_i, D) or None, reason)`` per item in input order)."""
+        good = [i for i, c in enumerate(crops) if c is not None]
+        if not good:
+            return False, results
         try:
-            features = self._run(np.concatenate(crops, axis=0))  # (sum R_i, D)
-            per_image = np.split(features, np.cumsum([len(c) for c in crops])[:-1])
-        except Exception:
-            per_image = None
-        for i, item in enumerate(items):
-            if per_image is None:
+            features = self._run(np.concatenate([crops[i] for i in good], axis=0))  # (sum R_i, D)
+            per_image = np.split(features, np.cumsum([len(crops[i]) for i in good])[:-1])
+            for i, feats in zip(good, per_image):
+                results[i] = (results[i][0], np.asarray(feats, np.float32), "")
+        except Exception:  # find the culprit: one image at a time
+            for i in good:
                 try:
-                    feats = self._run(crops[i])  # (R_i, D)
+                    results[i] = (results[i][0], np.asarray(self._run(crops[i]), np.float32), "")
                 except Exception as exc:
-                    yield _dead(item, STAGE_FEATURES, f"backbone failed ({_describe(exc)})", self.failed)
-                    continue
+                    results[i] = (results[i][0], None, f"backbone failed ({_describe(exc)})")
+        return True, results
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, batch: list[ImageItem], timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam) -> Iterable:
+        # Crops on this thread: their many small TF calls would each wait for the GIL in the background one.
+        crops, results = self._crop(batch)
+        if self._executor is None:
+            work = concurrent.futures.Future()
+            work.set_result(self._network(crops, results))
+        else:
+            work = self._executor.submit(self._network, crops, results)
+        self._pending.append((work, timestamp, window))
+        while len(self._pending) > self.in_flight:
+            yield from self._emit(*self._pending.popleft())
+
+    def finish_bundle(self) -> Iterable:
+        while self._pending:
+            yield from self._emit(*self._pending.popleft())
+
+    def _emit(self, work: concurrent.futures.Future, timestamp, window) -> Iterable:
+        """Waits for one batch and outputs it (counters are incremented here, on the bundle's thread)."""
+        ran, results = work.result()
+        if ran:
+            self.batches.inc()
+        for item, feats, reason in results:
+            if feats is None:
+                letter = _dead(item, STAGE_FEATURES, reason, self.failed)
+                yield TaggedOutput(letter.tag, WindowedValue(letter.value, timestamp, (window,)))
             else:
-                feats = per_image[i]
-            self.featurized.inc()
-            yield dataclasses.replace(item, image=None, features=np.asarray(feats, np.float32))
+                self.featurized.inc()
+                yield WindowedValue(dataclasses.replace(item, image=None, features=feats), timestamp, (window,))
+
+    def teardown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
 
 @beam.ptransform_fn
 def ExtractFeatures(proposed: PCollection[ImageItem], shared_handle, cnn_spec: str, crop_size: int,
-                    min_batch_size: int, max_batch_size: int):
+                    min_batch_size: int, max_batch_size: int, in_flight: int = 1):
     """Batches images and computes region features -> (items with ``features``, dead letters "features")."""
     out = (proposed
            | "Batch" >> beam.BatchElements(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-           | "Featurize" >> beam.ParDo(ExtractFeaturesFn(shared_handle, cnn_spec, crop_size)).with_outputs(
-               DEAD_LETTER_TAG, main="featurized"))
+           | "Featurize" >> beam.ParDo(ExtractFeaturesFn(shared_handle, cnn_spec, crop_size, in_flight))
+           .with_outputs(DEAD_LETTER_TAG, main="featurized"))
     return out.featurized, out[DEAD_LETTER_TAG]
 
 

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per CNN batch (default 16)")
     p.add_argument("--min-batch-size", type=int, default=None,
                    help="let Beam adapt batches between this and --batch-size (default: fixed batches)")
+    p.add_argument("--cnn-in-flight", type=int, default=1,
+                   help="batches the CNN computes in a background thread while the worker reads, decodes and "
+                        "encodes other images (default 1; 0: no overlap)")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels (decompression bombs; default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-failure-fraction", type=float, default=0.05,
@@ -104,8 +107,8 @@ def main(argv=None) -> int:
         dataset=args.dataset, out=args.out, image_root=args.image_root, cnn=args.cnn, crop_size=args.crop_size,
         proposer=args.proposer, regions=args.regions, min_word_count=args.min_word_count,
         fold_restval=args.fold_restval, shards_per_split=args.shards_per_split, batch_size=args.batch_size,
-        min_batch_size=args.min_batch_size, max_image_pixels=args.max_image_pixels,
-        max_failure_fraction=args.max_failure_fraction, splits=_splits(args),
+        min_batch_size=args.min_batch_size, cnn_in_flight=args.cnn_in_flight,
+        max_image_pixels=args.max_image_pixels, max_failure_fraction=args.max_failure_fraction, splits=_splits(args),
         detector_score_threshold=args.detector_score, detector_iou_threshold=args.detector_iou,
         progress_every=args.progress_every, overwrite=args.overwrite)
     try:
