@@ -1,22 +1,25 @@
 """Beam extraction throughput against the bare CNN forward pass on the same crops, in the same run.
 
-Generates 2N synthetic scene images, then measures:
+Generates 3N synthetic scene images, then measures, interleaved:
 
 1. **pipeline**: ``karpalign.beam.job.run_extract`` on the DirectRunner in this process -- planning (dataset,
    vocabulary), reading files, decoding, region proposal, crops, CNN, tokenizing, encoding, gzip TFRecord
-   writing, counts and manifest -- once on the first N images and once on all 2N.
-   A job pays fixed costs once (building the Beam graph and its workers, loading the model, tracing it,
-   finalizing); a corpus of 100k images pays them once too. So the throughput that matters at scale is the
-   **steady state**: N / (T(2N) - T(N)), the cost of N more images. End-to-end rates are printed as well.
+   writing, counts and manifest -- on the first N, 2N and 3N images, for every ``--in-flight`` value
+   (0: the CNN runs inline; 1, the default: one batch in a background thread, overlapped with the rest).
 2. **bare CNN**: the same backbone on the same crops (decoded and cropped beforehand, not timed), in batches
-   of the same number of images, i.e. only ``backbone(preprocess(crops))``.
+   of the same number of images, i.e. only ``backbone(preprocess(crops))``, on the same N, 2N, 3N images.
 
-Target: steady-state pipeline throughput >= 80% of bare-CNN images/s. The cores may be shared, so the runs are
-interleaved (bare CNN, pipeline N, bare CNN, pipeline 2N, bare CNN), the whole sequence is repeated
-``--repeats`` times, and each measurement keeps its fastest time (other load only ever slows a run down).
+A job pays fixed costs once (building the Beam graph, loading and tracing the model, finalizing the files); a
+corpus of 100k images pays them once too. What matters at scale is the **per-image cost**: the slope of a
+least-squares line through (images, seconds) of all runs of one kind; its intercept is the fixed cost. The
+slopes of pipeline and bare CNN come from runs interleaved in time, so a change in machine speed (the cores
+may be shared) moves both; the standard errors of the slopes give the ratio's +- (delta method).
 
-    .venv/bin/python benchmarks/extract.py                       # 2 x 300 images, 256 px, crops 128
-    .venv/bin/python benchmarks/extract.py --images 600 --image-size 128 --crop-size 96 --batch-size 32
+Target: pipeline images/s (1 / slope) >= 80% of the bare CNN's.
+
+    .venv/bin/python benchmarks/extract.py                       # 200/400/600 images, 256 px, crops 128
+    .venv/bin/python benchmarks/extract.py --images 300 --image-size 128 --crop-size 96 --batch-size 32
+    .venv/bin/python benchmarks/extract.py --in-flight 0,1 --repeats 3     # inline vs overlapped CNN
 """
 
 from __future__ import annotations
@@ -49,15 +52,31 @@ def subset_dataset(dataset_json: str, n: int, out_path: str) -> str:
     return out_path
 
 
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """Least squares ``seconds = fixed + per_image * images`` -> (per_image, its standard error, fixed)."""
+    n = np.array([p[0] for p in points], float)
+    t = np.array([p[1] for p in points], float)
+    design = np.stack([np.ones_like(n), n], axis=1)
+    (fixed, slope), *_ = np.linalg.lstsq(design, t, rcond=None)
+    dof = len(n) - 2
+    if dof <= 0:
+        return float(slope), float("nan"), float(fixed)
+    sigma2 = float(np.sum((t - design @ [fixed, slope]) ** 2)) / dof
+    se = float(np.sqrt(sigma2 / np.sum((n - n.mean()) ** 2)))
+    return float(slope), se, float(fixed)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=300, help="N: the pipeline runs on N and on 2N images")
+    p.add_argument("--images", type=int, default=200, help="N: every measurement runs on N, 2N and 3N images")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--crop-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--regions", type=int, default=19, help="K (the scenes have at most a few boxes each)")
     p.add_argument("--cnn", default="efficientnet_lite0")
-    p.add_argument("--repeats", type=int, default=2, help="repeat the interleaved sequence; keep the fastest")
+    p.add_argument("--repeats", type=int, default=2, help="times the interleaved sequence runs")
+    p.add_argument("--in-flight", default="1",
+                   help="comma-separated cnn_in_flight values to measure side by side (0: CNN inline, no overlap)")
     p.add_argument("--beam-args", default="--runner=DirectRunner",
                    help="Beam pipeline options for the pipeline runs, e.g. '--runner=DirectRunner "
                         "--direct_num_workers=2 --direct_running_mode=multi_threading'")
@@ -72,14 +91,15 @@ def main(argv=None) -> int:
     from karpalign.vision.proposers import BoxesProposer, crop_regions
 
     n = args.images
+    sizes = [n, 2 * n, 3 * n]
+    depths = [int(v) for v in args.in_flight.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        full = generate_scenes(os.path.join(tmp, "scenes"), 2 * n, seed=0, image_size=args.image_size,
+        full = generate_scenes(os.path.join(tmp, "scenes"), 3 * n, seed=0, image_size=args.image_size,
                                workers=1)["dataset_json"]
-        half = subset_dataset(full, n, os.path.join(tmp, "scenes", "first_half.json"))
-        records = read_dataset(full)
+        datasets = {m: subset_dataset(full, m, os.path.join(tmp, "scenes", f"first_{m}.json")) for m in sizes}
         proposer = BoxesProposer(args.regions)
         crops = []
-        for r in records:
+        for r in read_dataset(full):
             with open(r.path, "rb") as f:
                 crops.append(crop_regions(decode_image(f.read()), proposer.propose(boxes=r.boxes), args.crop_size))
         n_regions = sum(len(c) for c in crops)
@@ -89,47 +109,49 @@ def main(argv=None) -> int:
         load_seconds = time.perf_counter() - load_start
         bare_cnn_seconds(backbone, crops[:args.batch_size * 2], args.batch_size, args.crop_size)  # warm up
 
-        def pipeline_seconds(dataset, name, count):
-            config = ExtractConfig(dataset=dataset, out=os.path.join(tmp, name), cnn=args.cnn,
+        def pipeline_seconds(count, in_flight, name):
+            config = ExtractConfig(dataset=datasets[count], out=os.path.join(tmp, name), cnn=args.cnn,
                                    crop_size=args.crop_size, proposer="boxes", regions=args.regions,
                                    min_word_count=1, shards_per_split=2, batch_size=args.batch_size,
-                                   progress_every=0)
+                                   cnn_in_flight=in_flight, progress_every=0)
             start = time.perf_counter()
             result = run_extract(config, args.beam_args.split())
             seconds = time.perf_counter() - start
             assert result.manifest["written"] == count, result.manifest
             return seconds
 
-        bare, halves, fulls = [], [], []
+        bare: list[tuple[int, float]] = []
+        runs: dict[int, list[tuple[int, float]]] = {d: [] for d in depths}
         for r in range(args.repeats):
-            bare.append(bare_cnn_seconds(backbone, crops, args.batch_size, args.crop_size))
-            halves.append(pipeline_seconds(half, f"out_half{r}", n))
-            bare.append(bare_cnn_seconds(backbone, crops, args.batch_size, args.crop_size))
-            fulls.append(pipeline_seconds(full, f"out_full{r}", 2 * n))
-        bare.append(bare_cnn_seconds(backbone, crops, args.batch_size, args.crop_size))
+            for m in sizes[r % 3:] + sizes[:r % 3]:  # a different size order every repeat
+                for d in depths:  # each pipeline run right after a bare-CNN pass on the same images
+                    bare.append((m, bare_cnn_seconds(backbone, crops[:m], args.batch_size, args.crop_size)))
+                    runs[d].append((m, pipeline_seconds(m, d, f"out_{r}_{m}_{d}")))
 
-    t_half, t_full = min(halves), min(fulls)
-    bare_rate = 2 * n / min(bare)
-    steady = t_full - t_half
-    rows = [(f"bare CNN (fastest of {len(bare)} passes)", min(bare), 2 * n),
-            ("  slowest pass", max(bare), 2 * n)]
-    rows += [(f"pipeline end to end, {n} images", t_half, n),
-             (f"pipeline end to end, {2 * n} images", t_full, 2 * n),
-             (f"pipeline steady state (the {n} more)", steady, n)]
-    print(f"{2 * n} images {args.image_size} px, {n_regions} regions ({n_regions / (2 * n):.1f}/image), "
+    print(f"{3 * n} images {args.image_size} px, {n_regions} regions ({n_regions / (3 * n):.1f}/image), "
           f"{args.cnn} at {args.crop_size} px crops, batch {args.batch_size} images, model load "
           f"{load_seconds:.1f}s, {os.cpu_count()} CPUs, Beam options: {args.beam_args}")
-    runs = f"{n} images {', '.join(f'{t:.1f}' for t in halves)}; {2 * n} images {', '.join(f'{t:.1f}' for t in fulls)}"
-    print(f"fixed cost per job (T(N) - (T(2N) - T(N))): {t_half - steady:.1f}s; pipeline runs (s): {runs}")
-    print(f"{'measurement':40s} {'images':>6s} {'seconds':>8s} {'images/s':>9s} {'vs bare CNN':>12s}")
-    for name, seconds, count in rows:
-        rate = count / seconds
-        print(f"{name:40s} {count:6d} {seconds:8.2f} {rate:9.1f} {rate / bare_rate:11.0%}")
-    ratio = (n / steady) / bare_rate
-    paired = float(np.median([f - h for f, h in zip(fulls, halves)]))  # within one repeat: same machine state
-    print(f"steady-state pipeline / bare CNN throughput: {ratio:.0%} from the fastest runs; "
-          f"{(n / paired) / bare_rate:.0%} from the median of the {len(fulls)} paired differences "
-          "(target >= 80%)")
+    print(f"runs on {', '.join(map(str, sizes))} images, {args.repeats} repeats; per-image cost = slope of the "
+          "least-squares line through (images, seconds)")
+    bare_slope, bare_se, bare_fixed = fit_line(bare)
+    header = (f"{'measurement':26s} {'runs':>4s} {'ms/image':>9s} {'+-':>5s} {'fixed s':>8s} {'images/s':>9s} "
+              f"{'vs bare CNN':>12s} {'+-':>4s} {'fastest ' + str(3 * n):>13s}")
+    print(header)
+    print("-" * len(header))
+
+    def fastest(points):
+        return min(t for m, t in points if m == 3 * n)
+
+    print(f"{'bare CNN':26s} {len(bare):4d} {1e3 * bare_slope:9.2f} {1e3 * bare_se:5.2f} {bare_fixed:8.2f} "
+          f"{1 / bare_slope:9.1f} {'100%':>12s} {'':>4s} {fastest(bare):12.1f}s")
+    for d in depths:
+        slope, se, fixed = fit_line(runs[d])
+        ratio = bare_slope / slope
+        spread = ratio * float(np.hypot(se / slope, bare_se / bare_slope))
+        label = "pipeline, CNN inline" if d == 0 else f"pipeline, {d} in flight"
+        print(f"{label:26s} {len(runs[d]):4d} {1e3 * slope:9.2f} {1e3 * se:5.2f} {fixed:8.2f} {1 / slope:9.1f} "
+              f"{ratio:12.0%} {spread:4.0%} {fastest(runs[d]):12.1f}s")
+    print("target: pipeline images/s >= 80% of the bare CNN's (the per-image cost a large corpus pays)")
     return 0
 
 
