@@ -248,4 +248,7 @@ def test_bad_configuration_is_refused_before_running(scenes, tiny_cnn, tmp_path,
     assert "selective-search" in capsys.readouterr().err
     assert _run_cli(["--dataset", scenes, "--out", str(tmp_path / "o"), "--proposer", "segments|scale=-1"]) == 2
     assert "scale must be a number > 0" in capsys.readouterr().err
+    assert _run_cli(["--dataset", scenes, "--out", str(tmp_path / "o"), "--cnn", tiny_cnn,
+                     "--cnn-in-flight", "-1"]) == 2
+    assert "cnn_in_flight must be an integer >= 0, got -1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
