@@ -71,7 +71,8 @@ class ExtractConfig:
       batch_size: images per CNN batch (upper bound of ``beam.BatchElements``).
       min_batch_size: lower bound of ``beam.BatchElements`` (default ``batch_size``: fixed batches).
       cnn_in_flight: batches the CNN may hold in a background thread while the worker prepares the next ones
-        (reading, decoding, proposing) and encodes the previous ones; 0 runs the CNN inline, without overlap.
+        (reading, decoding, proposing) and encodes the previous ones; 0 runs the CNN inline, without overlap
+        (needed with adaptive batches, ``min_batch_size < batch_size``).
       max_image_pixels: decompression-bomb limit, width * height.
       max_failure_fraction: the run counts as failed when failed / input exceeds this.
       splits: splits to extract (default: every split in the dataset).
@@ -120,6 +121,11 @@ class ExtractConfig:
             positive("min_batch_size", self.min_batch_size)
             if self.min_batch_size > self.batch_size:
                 raise ExtractError(f"min_batch_size {self.min_batch_size} exceeds batch_size {self.batch_size}")
+            if self.min_batch_size < self.batch_size and self.cnn_in_flight > 0:
+                raise ExtractError(
+                    f"adaptive batches (min_batch_size {self.min_batch_size} < batch_size {self.batch_size}) need "
+                    f"cnn_in_flight 0, got {self.cnn_in_flight}: Beam sizes the batches by timing each one, and "
+                    "the CNN running in the background would be left out of that time")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ExtractError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         if self.proposer.startswith("detector:") and not self.proposer[len("detector:"):]:

@@ -177,8 +177,9 @@ class ExtractFeaturesFn(beam.DoFn):
     **Overlap.** The CNN runs in a background thread of the worker (TensorFlow releases the GIL while it
     computes), so while batch k is in the network this thread goes on reading, decoding, proposing and cropping
     the images of batch k + 1 and encoding the results of batch k - 1. ``in_flight`` batches may be
-    waiting for or in the network at once (0: run inline, no thread). Results keep their batch's window and
-    timestamp and leave in input order; whatever is still in flight is emitted at the end of the bundle.
+    waiting for or in the network at once (0: run inline, no thread); each holds its crops (the decoded
+    images are dropped once cropped). Results keep their batch's window, timestamp and pane and leave in
+    input order; whatever is still in flight is emitted at the end of the bundle.
     """
 
     def __init__(self, shared_handle, cnn_spec: str, crop_size: int, in_flight: int = 1):
@@ -218,10 +219,11 @@ class ExtractFeaturesFn(beam.DoFn):
         for item in batch:
             try:
                 crops.append(crop_regions(item.image, item.regions, self.crop_size))  # (R_i, S, S, 3)
-                results.append((item, None, ""))
+                reason = ""
             except Exception as exc:
                 crops.append(None)
-                results.append((item, None, f"cannot crop regions ({_describe(exc)})"))
+                reason = f"cannot crop regions ({_describe(exc)})"
+            results.append((dataclasses.replace(item, image=None), None, reason))  # pixels not needed any more
         return crops, results
 
     def _network(self, crops: list, results: list) -> tuple[bool, list]:
@@ -244,10 +246,12 @@ class ExtractFeaturesFn(beam.DoFn):
         return True, results
 
     def start_bundle(self):
+        for work, *_ in self._pending:  # left over by a failed bundle: do not let them delay this one
+            work.cancel()
         self._pending = collections.deque()
 
-    def process(self, batch: list[ImageItem], timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam) -> Iterable:
+    def process(self, batch: list[ImageItem], timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                pane_info=beam.DoFn.PaneInfoParam) -> Iterable:
         # Crops on this thread: their many small TF calls would each wait for the GIL in the background one.
         crops, results = self._crop(batch)
         if self._executor is None:
@@ -255,7 +259,7 @@ class ExtractFeaturesFn(beam.DoFn):
             work.set_result(self._network(crops, results))
         else:
             work = self._executor.submit(self._network, crops, results)
-        self._pending.append((work, timestamp, window))
+        self._pending.append((work, timestamp, window, pane_info))
         while len(self._pending) > self.in_flight:
             yield from self._emit(*self._pending.popleft())
 
@@ -263,7 +267,7 @@ class ExtractFeaturesFn(beam.DoFn):
         while self._pending:
             yield from self._emit(*self._pending.popleft())
 
-    def _emit(self, work: concurrent.futures.Future, timestamp, window) -> Iterable:
+    def _emit(self, work: concurrent.futures.Future, timestamp, window, pane_info) -> Iterable:
         """Waits for one batch and outputs it (counters are incremented here, on the bundle's thread)."""
         ran, results = work.result()
         if ran:
@@ -271,14 +275,14 @@ class ExtractFeaturesFn(beam.DoFn):
         for item, feats, reason in results:
             if feats is None:
                 letter = _dead(item, STAGE_FEATURES, reason, self.failed)
-                yield TaggedOutput(letter.tag, WindowedValue(letter.value, timestamp, (window,)))
+                yield TaggedOutput(letter.tag, WindowedValue(letter.value, timestamp, (window,), pane_info))
             else:
                 self.featurized.inc()
-                yield WindowedValue(dataclasses.replace(item, image=None, features=feats), timestamp, (window,))
+                yield WindowedValue(dataclasses.replace(item, features=feats), timestamp, (window,), pane_info)
 
     def teardown(self):
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
 

@@ -49,10 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shards-per-split", type=int, default=4, help="TFRecord files per split (default 4)")
     p.add_argument("--batch-size", type=int, default=16, help="images per CNN batch (default 16)")
     p.add_argument("--min-batch-size", type=int, default=None,
-                   help="let Beam adapt batches between this and --batch-size (default: fixed batches)")
+                   help="let Beam adapt batches between this and --batch-size (default: fixed batches; "
+                        "needs --cnn-in-flight 0)")
     p.add_argument("--cnn-in-flight", type=int, default=1,
                    help="batches the CNN computes in a background thread while the worker reads, decodes and "
-                        "encodes other images (default 1; 0: no overlap)")
+                        "encodes other images (default 1; 0: no overlap, needed with --min-batch-size)")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels (decompression bombs; default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-failure-fraction", type=float, default=0.05,

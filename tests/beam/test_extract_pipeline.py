@@ -35,7 +35,8 @@ def _read_split(out, split, feature_dim, num_regions):
     return {k: (v if isinstance(v, tf.RaggedTensor) else v.numpy()) for k, v in parsed.items()}, files
 
 
-def test_pipeline_encodes_every_image_once(scenes, tiny_cnn, tmp_path):
+@pytest.mark.parametrize("in_flight", [0, 1])
+def test_pipeline_encodes_every_image_once(scenes, tiny_cnn, tmp_path, in_flight):
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
@@ -43,7 +44,7 @@ def test_pipeline_encodes_every_image_once(scenes, tiny_cnn, tmp_path):
     from karpalign.beam.job import build_pipeline, plan_job, prepare_output
     from karpalign.data.features import K_ID, K_SPLIT
 
-    plan = plan_job(_config(scenes, tmp_path / "out", tiny_cnn))
+    plan = plan_job(_config(scenes, tmp_path / "out", tiny_cnn, cnn_in_flight=in_flight))
     prepare_output(plan)
     expected = sorted((item.split, item.image_id) for item in plan.items)
 

@@ -44,6 +44,15 @@ class FakeShared:
         return self.obj
 
 
+def _pane():
+    from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
+
+    return PANE_INFO_UNKNOWN
+
+
+PANE = _pane()
+
+
 def _item(i, value=None):
     from karpalign.beam.elements import ImageItem
 
@@ -72,24 +81,26 @@ def _fn(backbone, in_flight):
 
 def test_process_returns_while_the_cnn_is_still_busy_and_outputs_keep_their_batch_window():
     from apache_beam.transforms.window import IntervalWindow
-    from apache_beam.utils.windowed_value import WindowedValue
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming, WindowedValue
 
     backbone = FakeBackbone()
     backbone.gate.clear()  # the network "computes" until the test opens the gate
     fn = _fn(backbone, in_flight=1)
     first, second = [_item(0), _item(1)], [_item(2)]
     w1, w2 = IntervalWindow(0, 10), IntervalWindow(10, 20)
+    p1, p2 = PaneInfo(True, False, PaneInfoTiming.EARLY, 0, -1), PaneInfo(False, True, PaneInfoTiming.LATE, 3, 2)
     try:
-        assert list(fn.process(first, timestamp=1, window=w1)) == []  # did not wait for the blocked network
+        assert list(fn.process(first, timestamp=1, window=w1, pane_info=p1)) == []  # did not wait for the network
         backbone.gate.set()
-        out = list(fn.process(second, timestamp=12, window=w2))  # emits the first batch
+        out = list(fn.process(second, timestamp=12, window=w2, pane_info=p2))  # emits the first batch
         assert [o.value.image_id for o in out] == ["img0", "img1"]
-        assert all(isinstance(o, WindowedValue) and o.windows == (w1,) and o.timestamp == 1 for o in out)
+        assert all(isinstance(o, WindowedValue) and o.windows == (w1,) and o.timestamp == 1 and o.pane_info == p1
+                   for o in out)
         for o, item in zip(out, first):
             np.testing.assert_allclose(o.value.features, _expected(item), rtol=1e-6)
             assert o.value.image is None and o.value.features.dtype == np.float32
         rest = list(fn.finish_bundle())
-        assert [o.value.image_id for o in rest] == ["img2"] and rest[0].windows == (w2,)
+        assert [o.value.image_id for o in rest] == ["img2"] and rest[0].windows == (w2,) and rest[0].pane_info == p2
         assert backbone.threads and threading.current_thread().name not in backbone.threads
     finally:
         backbone.gate.set()
@@ -105,7 +116,7 @@ def test_every_depth_gives_the_same_outputs_in_input_order(in_flight):
     batches = [[_item(3 * b + j) for j in range(3)] for b in range(4)]
     out = []
     for b, batch in enumerate(batches):
-        out += list(fn.process(batch, timestamp=0, window=GlobalWindow()))
+        out += list(fn.process(batch, timestamp=0, window=GlobalWindow(), pane_info=PANE))
         assert len(out) == 3 * max(0, b + 1 - in_flight)  # all but the last in_flight batches are out
     out += list(fn.finish_bundle())
     fn.teardown()
@@ -127,7 +138,7 @@ def test_a_poisoned_image_is_the_only_dead_letter_of_its_batch():
     fn = _fn(backbone, in_flight=1)
     bad_regions = dataclasses.replace(_item(9), regions=np.array([[0, 0, 2, 1]], np.float32))  # ymax > 1
     batch = [_item(0), _item(1, value=POISON), _item(2), bad_regions]
-    out = list(fn.process(batch, timestamp=0, window=GlobalWindow())) + list(fn.finish_bundle())
+    out = list(fn.process(batch, timestamp=0, window=GlobalWindow(), pane_info=PANE)) + list(fn.finish_bundle())
     fn.teardown()
     good = [o for o in out if not hasattr(o, "tag")]
     dead = [o for o in out if hasattr(o, "tag")]
@@ -141,9 +152,35 @@ def test_a_poisoned_image_is_the_only_dead_letter_of_its_batch():
     assert backbone.calls == 1 + 3  # the batch, then each croppable image alone
 
 
-def test_in_flight_must_be_a_non_negative_integer(tmp_path):
+def test_batches_left_by_a_failed_bundle_are_cancelled_at_the_next_bundle():
+    from apache_beam.transforms.window import GlobalWindow
+
+    backbone = FakeBackbone()
+    backbone.gate.clear()
+    fn = _fn(backbone, in_flight=3)
+    try:
+        for b in range(3):  # the first blocks in the network, two wait behind it; then the bundle "fails"
+            assert list(fn.process([_item(b)], timestamp=0, window=GlobalWindow(), pane_info=PANE)) == []
+        fn.start_bundle()  # the runner retries with a new bundle on the same instance
+        backbone.gate.set()
+        out = list(fn.process([_item(7)], timestamp=0, window=GlobalWindow(), pane_info=PANE))
+        out += list(fn.finish_bundle())
+    finally:
+        backbone.gate.set()
+        fn.teardown()
+    assert [o.value.image_id for o in out] == ["img7"]
+    assert backbone.calls == 2  # the blocked batch finished; the two queued ones never ran
+
+
+def test_in_flight_must_be_a_non_negative_integer_and_zero_with_adaptive_batches(tmp_path):
     from karpalign.beam.job import ExtractConfig, ExtractError
 
     config = ExtractConfig(dataset="d.json", out=str(tmp_path), cnn_in_flight=-1)
     with pytest.raises(ExtractError, match="cnn_in_flight must be an integer >= 0, got -1"):
         config.validate()
+    adaptive = ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=4)
+    with pytest.raises(ExtractError, match=r"adaptive batches \(min_batch_size 4 < batch_size 16\) need "
+                                           "cnn_in_flight 0, got 1"):
+        adaptive.validate()
+    ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=4, cnn_in_flight=0).validate()
+    ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=16).validate()
