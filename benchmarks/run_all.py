@@ -30,6 +30,7 @@ REPO = os.path.dirname(HERE)
 # Settings that keep `make bench` to a few minutes per script on 2 cores (each script documents its flags).
 QUICK_ARGS = {
     "extract": ["--images", "100", "--in-flight", "0,1"],
+    "extract_stages": ["--images", "200"],
     "retrieval": ["--measure-sentences", "500"],
     "export_latency": ["--repeats", "3"],
     "serve": ["--clients", "4", "--requests", "25"],
