@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="request threads (default 8)")
     p.add_argument("--no-warmup", action="store_true",
                    help="do not replay assets.extra/tf_serving_warmup_requests on load")
+    p.add_argument("--loader", default="session", choices=["session", "object"],
+                   help="'session' loads versions as TF Serving does (a session restored by the graph's saver; "
+                        "default); 'object' uses tf.saved_model.load (TF2 object graph)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="'debug' logs one line per request")
     return p
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
             port=args.port, poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
             max_image_pixels=args.max_image_pixels,
             image_inputs=tuple(name for name in args.image_inputs.split(",") if name),
-            num_versions=args.num_versions, workers=args.workers, run_warmup=not args.no_warmup)
+            num_versions=args.num_versions, workers=args.workers, run_warmup=not args.no_warmup,
+            loader=args.loader)
         running = start_server(config)
     except (ValueError, OSError) as e:
         print(f"karpalign-serve: error: {e}", file=sys.stderr)

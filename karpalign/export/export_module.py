@@ -4,7 +4,8 @@ Modelled on the Model Garden's ``export_base.ExportModule``: the module owns the
 saved with it), the vocabulary tables and the exported constants, and binds named ``tf.TensorSpec`` inputs to
 each endpoint. Every endpoint takes ONE dict of named tensors and returns a dict of named outputs, so
 
-- ``tf.saved_model.save(module, dir, signatures=module.signatures())`` gives TF Serving signatures whose input
+- :func:`karpalign.export.saved_model.save_for_serving` (``tf.saved_model.save`` plus tracking of every variable
+  the signatures read, so TF Serving's session loader restores them) gives TF Serving signatures whose input
   and output aliases are our names (never ``output_0``), and
 - the same functions are attributes of the loaded object, so ``keras.layers.TFSMLayer(dir,
   call_endpoint="caption_features")`` can call them with a dict.
@@ -74,8 +75,10 @@ class ExportModule(tf.Module):
                  feature_dim: int, backbone=None, boxes=None, crop_size: int | None = None,
                  config_path: str | None = None, name: str = "karpalign_export"):
         super().__init__(name=name)
-        self.alignment = alignment
-        self.generator = generator
+        # Keras 3 models are held out of the object graph: their variables are wrappers whose saved form is a
+        # copy that TF Serving's session loader never binds to the graph. The SavedModel writer
+        # (karpalign.export.saved_model.save_for_serving) tracks the tf.Variables the signatures read instead.
+        self._keras = _Untracked(alignment=alignment, generator=generator, cnn=None)
         self.decode = decode
         self.max_words = int(max_words)
         self.feature_dim = int(feature_dim)
@@ -100,12 +103,24 @@ class ExportModule(tf.Module):
         for endpoint_name, fn in self._endpoints.items():
             setattr(self, endpoint_name, fn)
 
+    @property
+    def alignment(self):
+        return self._keras.alignment
+
+    @property
+    def generator(self):
+        return self._keras.generator
+
+    @property
+    def cnn(self):
+        """The backbone network (Keras model or Hub module), or None for an export without images."""
+        return self._keras.cnn if self._keras.cnn is not None else getattr(self, "hub_cnn", None)
+
     # ---- construction ---------------------------------------------------------------------------------------
     def _init_backbone(self, backbone, boxes, crop_size) -> None:
         """Keeps what the image path needs: the CNN, its pixel mapping, the boxes and the crop size."""
         self.backbone_name = None if backbone is None else backbone.name
         if backbone is None:
-            self.cnn = None
             return
         if boxes is None or crop_size is None:
             raise ValueError("ExportModule: a backbone needs boxes (R, 4) and a crop_size")
@@ -114,13 +129,18 @@ class ExportModule(tf.Module):
             raise ValueError(f"ExportModule: boxes must be (R, 4) with R >= 1, got {boxes.shape}")
         if not np.array_equal(boxes[0], [0.0, 0.0, 1.0, 1.0]):
             raise ValueError(f"ExportModule: box 0 must be the full image [0, 0, 1, 1], got {boxes[0].tolist()}")
-        # The backbone's own network object: a Keras model, or a TF Hub module for 'hub:' specs.
-        self.cnn = getattr(backbone, "model", None)
-        if self.cnn is None:
-            self.cnn = getattr(backbone, "module", None)
-        if self.cnn is None:
+        # The backbone's own network object: a Keras model, or a TF Hub module for 'hub:' specs. A Hub module
+        # (plain tf.Variables, maybe tables and assets) stays tracked so its resources are saved with it.
+        cnn = getattr(backbone, "model", None)
+        if cnn is None:
+            cnn = getattr(backbone, "module", None)
+        if cnn is None:
             raise ValueError(f"backbone {backbone.name}: no Keras model or Hub module to put in the SavedModel")
-        self.cnn_is_keras = isinstance(self.cnn, keras.Model)
+        self.cnn_is_keras = isinstance(cnn, keras.Model)
+        if self.cnn_is_keras:
+            self._keras.cnn = cnn
+        else:
+            self.hub_cnn = cnn
         lo, hi = backbone.value_range
         # Same float32 constants as Backbone.normalize, so the mapping is bit-identical to extraction.
         self.pixel_scale = float(np.float32((hi - lo) / 255.0))
@@ -150,7 +170,7 @@ class ExportModule(tf.Module):
         return {name: _dict_endpoint(fn, spec) for name, (spec, fn) in specs.items()}
 
     def signatures(self) -> dict:
-        """{signature name: concrete function} for ``tf.saved_model.save(..., signatures=...)``."""
+        """{signature name: concrete function} for :func:`karpalign.export.saved_model.save_for_serving`."""
         return {name: fn.get_concrete_function() for name, fn in self._endpoints.items()}
 
     # ---- image path -----------------------------------------------------------------------------------------
@@ -279,6 +299,13 @@ def decode_rgb(data):
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]))
+
+
+class _Untracked:
+    """Attributes that ``tf.Module`` does not track (it tracks only Trackables, lists, dicts and tuples)."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
 
 
 def _dict_endpoint(fn, spec: dict):

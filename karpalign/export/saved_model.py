@@ -194,6 +194,38 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
 # ---- writing ------------------------------------------------------------------------------------------------
 
 
+def save_for_serving(module, directory: str, signatures: dict) -> None:
+    """``tf.saved_model.save`` that TF Serving's loader can restore: every variable a signature reads is saved.
+
+    TF Serving (and ``saved_model_cli run``) loads a SavedModel into a session and restores variables with the
+    graph's saver, which knows only the variables that are nodes of the object graph. A Keras 3 variable is a
+    wrapper around a ``tf.Variable``; saving the wrapper writes a *copy* of that ``tf.Variable``, while the
+    traced signatures read the original, which is then never restored (``FailedPreconditionError: Could not
+    find variable ...``). ``tf.saved_model.load`` hides this by rebinding the functions through the object graph.
+
+    So the ``tf.Variable`` objects the signatures capture are tracked on ``module`` as ``serving_variables``
+    before saving: then the saver restores exactly what the graph reads, in a session as in TF2. Tables,
+    assets and other resources are saved as usual (an untracked one makes ``tf.saved_model.save`` fail).
+
+    Args:
+        module: the ``tf.Module`` to save.
+        directory: the SavedModel folder to write.
+        signatures: {signature name: ``tf.function`` with an input signature, or concrete function}.
+    """
+    import tensorflow as tf
+
+    concrete = {name: fn.get_concrete_function() if hasattr(fn, "get_concrete_function") else fn
+                for name, fn in signatures.items()}
+    captured, seen = [], set()
+    for fn in concrete.values():
+        for variable in fn.variables:  # the tf.Variables the traced graph reads
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                captured.append(variable)
+    module.serving_variables = captured
+    tf.saved_model.save(module, directory, signatures=concrete)
+
+
 def warmup_requests(module: ExportModule) -> list[tuple[str, dict]]:
     """One small generated JPEG for serving_default (if present) and one caption_features request."""
     import tensorflow as tf
@@ -217,8 +249,6 @@ def write_saved_model(module: ExportModule, export_base: str, model_name: str = 
 
     ``version`` defaults to the next free integer. An existing version is never overwritten.
     """
-    import tensorflow as tf
-
     from karpalign.serving.warmup import write_warmup_requests
 
     if not model_name or os.sep in model_name or model_name.startswith("."):
@@ -234,7 +264,7 @@ def write_saved_model(module: ExportModule, export_base: str, model_name: str = 
         raise FileExistsError(f"{final} already exists; versions are never overwritten (pick another --version)")
     tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        save_for_serving(module, tmp, module.signatures())
         if warmup:
             write_warmup_requests(tmp, warmup_requests(module), model_name)
         if os.path.exists(final):

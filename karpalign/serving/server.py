@@ -7,8 +7,10 @@ demos and machines without Docker; deploy with the real TF Serving (see `export/
 
 Model layout is TF Serving's: `<model dir>/<integer version>/saved_model.pb`. A background thread polls
 the model dir; a version folder is picked up once its `saved_model.pb` exists and it loads (and its
-warmup requests, if any, succeed). Failed loads are logged and retried at the next poll, never fatal.
-The newest `num_versions` loadable versions are kept; requests without a version get the newest. The
+warmup requests, if any, succeed). Versions load the way TF Serving loads them (`loader="session"`: a
+session restored by the graph's saver, see :mod:`karpalign.serving.loading`), so a model that TF Serving
+cannot run is refused here too; `loader="object"` uses `tf.saved_model.load` instead. Failed loads are
+logged and retried at the next poll, never fatal. The newest `num_versions` loadable versions are kept; requests without a version get the newest. The
 set of loaded versions is an immutable dict swapped atomically, so a request that already holds a
 version keeps using it until it finishes, while new requests see the new version.
 
@@ -36,6 +38,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from karpalign.serving import images as image_checks
 from karpalign.serving import specs, warmup
+from karpalign.serving.loading import LOADERS, load_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class ServerConfig:
       num_versions: how many of the newest versions stay loaded (TF Serving's `latest {num_versions}`).
       workers: size of the request thread pool.
       run_warmup: replay `assets.extra/tf_serving_warmup_requests` when a version loads.
+      loader: 'session' (TF Serving's loading path, the default) or 'object' (`tf.saved_model.load`).
     """
 
     model_base_path: str
@@ -75,6 +79,7 @@ class ServerConfig:
     num_versions: int = 2
     workers: int = 8
     run_warmup: bool = True
+    loader: str = "session"
 
     def __post_init__(self):
         for field in ("poll_seconds", "max_request_bytes", "max_image_pixels", "num_versions", "workers"):
@@ -82,6 +87,8 @@ class ServerConfig:
                 raise ValueError(f"ServerConfig.{field} must be positive, got {getattr(self, field)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"ServerConfig.port must be in 0..65535, got {self.port}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"ServerConfig.loader must be one of {LOADERS}, got {self.loader!r}")
 
 
 class RequestError(Exception):
@@ -126,22 +133,22 @@ def resolve_model_dir(model_base_path: str, model_name: str | None) -> tuple[str
 
 @dataclasses.dataclass
 class LoadedVersion:
-    """One loaded SavedModel version: its signature protos and callable signature functions."""
+    """One loaded SavedModel version: its signature protos and the model that runs them."""
 
     version: int
     path: str
-    module: object  # the object from tf.saved_model.load; keeps the functions' variables alive
-    signature_defs: dict  # {name: SignatureDef} as stored in saved_model.pb
-    functions: dict  # {name: ConcreteFunction} for the callable signatures
+    model: object  # a karpalign.serving.loading.SessionModel or ObjectModel
+
+    @property
+    def signature_defs(self) -> dict:
+        """{name: SignatureDef} as stored in saved_model.pb (TF's internal init-op entry included)."""
+        return self.model.signature_defs
 
 
-def load_version(version: int, path: str) -> LoadedVersion:
-    """Loads a version folder; raises on any problem (missing file, bad graph, ...)."""
-    signature_defs = specs.read_signature_defs(path)
-    module = tf.saved_model.load(path, tags=[specs.SERVE_TAG])
-    functions = dict(module.signatures)
-    return LoadedVersion(version=version, path=path, module=module,
-                         signature_defs=signature_defs, functions=functions)
+def load_version(version: int, path: str, loader: str = "session") -> LoadedVersion:
+    """Loads a version folder with ``loader``; raises on any problem (missing file, bad graph, ...)."""
+    specs.read_signature_defs(path)  # clear errors for a missing or broken saved_model.pb
+    return LoadedVersion(version=version, path=path, model=load_saved_model(path, loader))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,9 +232,8 @@ def run_predict(loaded: LoadedVersion, model_name: str, request: predict_pb2.Pre
                 limits: InputLimits) -> predict_pb2.PredictResponse:
     """Validates `request` against the loaded version's signature, runs it, and builds the response."""
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    function = loaded.functions.get(signature_name)
     signature_def = loaded.signature_defs.get(signature_name)
-    if function is None or signature_def is None:
+    if signature_def is None or specs.is_internal_signature(signature_name):
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                            f'Serving signature key "{signature_name}" not found.')
     _check_input_keys(request, signature_def)
@@ -238,7 +244,7 @@ def run_predict(loaded: LoadedVersion, model_name: str, request: predict_pb2.Pre
         array = _input_array(alias, request.inputs[alias], tensor_info, signature_name)
         if alias in limits.image_inputs and array.dtype == object:
             _check_images(alias, array, limits)
-        arguments[alias] = tf.constant(array, dtype=tf.dtypes.as_dtype(tensor_info.dtype))
+        arguments[alias] = array
 
     wanted = list(request.output_filter) or sorted(signature_def.outputs)
     for alias in wanted:
@@ -250,7 +256,7 @@ def run_predict(loaded: LoadedVersion, model_name: str, request: predict_pb2.Pre
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"duplicate output tensor alias in {wanted}")
 
     try:
-        outputs = function(**arguments)
+        outputs = loaded.model.run(signature_name, arguments, wanted)
     except Exception as e:  # any failure inside the model must become a status, not kill the server
         raise _model_error(e) from e
 
@@ -263,7 +269,7 @@ def run_predict(loaded: LoadedVersion, model_name: str, request: predict_pb2.Pre
             raise RequestError(grpc.StatusCode.INTERNAL,
                                f"signature '{signature_name}' declares output '{alias}' but the function "
                                f"returned {sorted(outputs)}")
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
     return response
 
 
@@ -293,8 +299,9 @@ class ModelRepository:
     """
 
     def __init__(self, name: str, model_dir: str, num_versions: int, limits: InputLimits,
-                 run_warmup: bool = True):
+                 run_warmup: bool = True, loader: str = "session"):
         self.name = name
+        self.loader = loader
         self.model_dir = model_dir
         self.num_versions = num_versions
         self.limits = limits
@@ -346,7 +353,7 @@ class ModelRepository:
         self._set_status(version, _STATE.LOADING)
         started = time.perf_counter()
         try:
-            loaded = load_version(version, path)
+            loaded = load_version(version, path, self.loader)
             replayed = _replay_warmup(loaded, self.name, self.limits) if self.run_warmup else 0
         except Exception as e:  # a bad version folder must never take the server down
             message = f"{type(e).__name__}: {e}"
@@ -359,8 +366,8 @@ class ModelRepository:
             self._last_error[version] = message
             return None
         self._last_error.pop(version, None)
-        log.info("model %s version %d: loaded from %s in %.2fs (%d warmup requests)",
-                 self.name, version, path, time.perf_counter() - started, replayed)
+        log.info("model %s version %d: loaded from %s (%s loader) in %.2fs (%d warmup requests)",
+                 self.name, version, path, self.loader, time.perf_counter() - started, replayed)
         return loaded
 
     def poll_once(self) -> None:
@@ -576,7 +583,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     name, model_dir = resolve_model_dir(config.model_base_path, config.model_name)
     limits = InputLimits(max_image_pixels=config.max_image_pixels, image_inputs=tuple(config.image_inputs),
                          image_formats=tuple(config.image_formats))
-    repository = ModelRepository(name, model_dir, config.num_versions, limits, config.run_warmup)
+    repository = ModelRepository(name, model_dir, config.num_versions, limits, config.run_warmup, config.loader)
     repository.poll_once()
     if not repository.versions():
         log.warning("model %s: no loadable version folder under %s yet; waiting for one", name, model_dir)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from karpalign.data.text import START_ID
 from karpalign.export.export_module import decode_rgb
+from karpalign.export.saved_model import save_for_serving
 
 _IMAGES = tf.TensorSpec([None], tf.string, name="images")
 
@@ -64,6 +65,5 @@ def export_toy_model(base_dir: str, version: int = 1) -> str:
     if os.path.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileExistsError(f"{export_dir}: a SavedModel already exists there")
     module = ToyCaptioner(version)
-    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.caption,
-                                                        "embed_images": module.embed_images})
+    save_for_serving(module, export_dir, {"serving_default": module.caption, "embed_images": module.embed_images})
     return export_dir

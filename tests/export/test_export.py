@@ -233,6 +233,46 @@ def test_signatures_have_named_outputs_in_plain_tensorflow(portable):
     assert "karpalign" not in portable["modules"] and "tensorflow_text" not in portable["modules"]
 
 
+def _assert_same_outputs(got, want, where):
+    assert sorted(got) == sorted(want), where
+    for key, value in want.items():
+        if value.dtype == object:
+            assert got[key].tolist() == value.tolist(), f"{where}: {key}"
+        elif np.issubdtype(value.dtype, np.floating):
+            np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=0, err_msg=f"{where}: {key}")
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{where}: {key}")
+
+
+def test_every_signature_and_warmup_runs_in_a_session_as_tf_serving_loads_it(portable):
+    """TF Serving's path (session + the graph's saver) gives the TF2 object path's outputs, for every signature
+    and every warmup request; the bug was 'Could not find variable generator/w_hi/bias' here."""
+    session, objects = portable["session_outputs"], portable["outputs"]
+    assert {name for name in session if not name.startswith("warmup_")} == set(SIGNATURES)
+    assert sum(name.startswith("warmup_") for name in session) == 2
+    for call, want in objects.items():
+        assert "error" not in session[call], f"{call}: {session[call].get('error')}"
+        _assert_same_outputs(session[call], want, call)
+
+
+def test_saved_model_cli_run_two_signatures(exported, inputs, portable, tmp_path):
+    """`saved_model_cli run` (session + saver, as TF Serving) on caption_features and embed_sentences."""
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    np.save(tmp_path / "rf.npy", inputs["feats"])
+    np.save(tmp_path / "rm.npy", inputs["mask"])
+    np.save(tmp_path / "s.npy", inputs["sentences"], allow_pickle=True)
+    runs = {"caption_features": f"region_features={tmp_path / 'rf.npy'};region_mask={tmp_path / 'rm.npy'}",
+            "embed_sentences": f"sentences={tmp_path / 's.npy'}"}
+    for signature, arguments in runs.items():
+        out = tmp_path / signature
+        proc = subprocess.run([cli, "run", "--dir", exported["dir"], "--tag_set", "serve", "--signature_def",
+                               signature, "--inputs", arguments, "--outdir", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = {name[:-4]: np.load(out / name, allow_pickle=True) for name in os.listdir(out)}
+        _assert_same_outputs(got, portable["outputs"][signature], f"saved_model_cli run {signature}")
+
+
 def test_graph_uses_only_core_ops_and_no_py_function(portable):
     ops = set(portable["op_types"])
     print("op types:", sorted(ops))

@@ -5,6 +5,7 @@ import pathlib
 import re
 
 import pytest
+import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -100,4 +101,7 @@ def test_readme_docker_command_uses_the_files_and_real_flags():
     for name in ("models.config", "batching.config", "monitoring.config"):
         assert f"/models/config/{name}" in command and (EXPORT / name).is_file()
     assert "-p 8500:8500 -p 8501:8501" in command and "target=/models/karpalign" in command
+    # The server's version matches the TensorFlow that writes the models.
+    major_minor = ".".join(tf.__version__.split(".")[:2])
+    assert re.search(r"-t tensorflow/serving:(\S+)", command).group(1) == f"{major_minor}.0"
     assert not list(EXPORT.glob("*.py")), "export/ holds deployment files only"
