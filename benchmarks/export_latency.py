@@ -6,11 +6,14 @@
 Builds a throw-away export in a temporary folder (toy records whose manifest names the backbone, untrained
 heads of the paper's sizes), then times, per batch size:
 
-- ``exported``: ``loaded.signatures["serving_default"](images=...)``: decode, crop, CNN, beam search in one graph;
+- ``exported``: ``loaded.signatures["serving_default"](images=...)``: decode, crop, CNN, beam search in one graph
+  (TF2 object path, as an embedding TF program calls it);
+- ``session``: the same signature run the way TF Serving runs it (``karpalign.serving.loading.SessionModel``: the
+  SavedModel in a session restored by the graph's saver, one ``Session.run`` per call);
 - ``eager``: Pillow decode + ``karpalign.vision.proposers.crop_regions`` + the Keras backbone (the extraction
   path) + ``generator.initial_state`` + eager ``karpalign.decoding.beam_search`` + ``Vocabulary.decode``.
 
-Both paths see the same JPEG bytes and give the same captions (checked). One warm-up call each is not timed;
+All paths see the same JPEG bytes and give the same captions (checked). One warm-up call each is not timed;
 the table shows the median and the best of ``--repeats`` calls.
 """
 
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
 
     from karpalign.data.text import END_ID, START_ID, Vocabulary
     from karpalign.decoding.beam_search import beam_search
+    from karpalign.serving.loading import SessionModel
     from karpalign.vision.backbones import get_backbone
     from karpalign.vision.images import decode_image
     from karpalign.vision.proposers import GridProposer, crop_regions
@@ -118,6 +122,7 @@ def main(argv=None) -> int:
         export_dir, runs, spec = _build_export(root, args)
         loaded = tf.saved_model.load(export_dir)
         serving = loaded.signatures["serving_default"]
+        session_model = SessionModel(export_dir)
         generator = keras.saving.load_model(os.path.join(runs["caption"], "generator.keras"), compile=False)
         vocab = Vocabulary.load(os.path.join(runs["caption"], "vocab.txt"))
         backbone = get_backbone(spec)
@@ -136,11 +141,15 @@ def main(argv=None) -> int:
             out = serving(images=tf.constant(images, dtype=tf.string))
             return [c.decode() for c in out["captions"][:, 0].numpy()]
 
+        def session(images):
+            out = session_model.run("serving_default", {"images": np.array(images, dtype=object)}, ["captions"])
+            return [c.decode() for c in out["captions"][:, 0]]
+
         rows = []
         for batch in batches:
             images = _images(batch, seed=batch)
-            same = eager(images) == exported(images)
-            for name, fn in (("exported", exported), ("eager", eager)):
+            same = eager(images) == exported(images) == session(images)
+            for name, fn in (("exported", exported), ("session", session), ("eager", eager)):
                 times = _timed(lambda: fn(images), args.repeats)
                 rows.append((name, batch, statistics.median(times), min(times), same))
 
