@@ -34,6 +34,16 @@ class BRNNEncoder(keras.layers.Layer):
         dropout: dropout on the non-recurrent layers (word vectors and the output projection).
         word_vectors: optional (vocab_size, word_dim) initial embedding matrix (e.g. GloVe).
         freeze_word_vectors: keep the word embedding fixed (the paper keeps word2vec fixed).
+        **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype``, ``trainable``).
+
+    Serialization: ``get_config`` returns every argument, but ``word_vectors`` as ``None``. The matrix only sets
+    the initial value of the ``word_embedding`` weight, and that weight is saved with the others, so a
+    ``.keras`` file restores the vectors exactly (and ``freeze_word_vectors`` keeps them frozen); writing them
+    into the config as well would store the (V, d) matrix twice, as JSON, and for a trained unfrozen embedding
+    describe a value the layer no longer has. This is what keras-hub does for a tokenizer's ``vocabulary``
+    (``None`` in the config, the content saved with the model) and what Keras's own ``Embedding(weights=...)``
+    does. ``from_config(get_config())`` therefore rebuilds the same architecture (same weight shapes and
+    trainable flags); ``set_weights`` then makes it compute the same outputs.
     """
 
     def __init__(self, vocab_size: int, word_dim: int = 300, hidden_dim: int = 300, embed_dim: int = 1000,
@@ -79,4 +89,5 @@ class BRNNEncoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "word_dim": self.word_dim,
                 "hidden_dim": self.hidden_dim, "embed_dim": self.embed_dim, "dropout": self.dropout,
+                "word_vectors": None,  # saved as the word_embedding weight (see the class docstring)
                 "freeze_word_vectors": self.freeze_word_vectors}

@@ -12,6 +12,9 @@ class RegionEmbedding(keras.layers.Layer):
     Args:
         embed_dim: multimodal size h (paper: 1000-1600).
         dropout: dropout rate on the CNN features (dropout on all non-recurrent layers, as the paper does).
+        **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype``, ``trainable``).
+
+    ``get_config`` returns every argument; ``from_config(get_config())`` rebuilds an equivalent layer.
     """
 
     def __init__(self, embed_dim: int = 1000, dropout: float = 0.0, **kwargs):

@@ -21,6 +21,11 @@ class AlignmentModel(keras.Model):
         region_embedding: a RegionEmbedding.
         sentence_encoder: a BRNNEncoder with the same ``embed_dim``.
         score: 'brnn' (eq. 8), 'defrag' (eq. 7) or 'global' (mean region · mean word).
+        **kwargs: passed to ``keras.Model`` (``name``, ``dtype``, ``trainable``).
+
+    ``get_config`` returns every argument, the two sub-layers as their serialized configs (keras-hub's
+    composite models do the same with their backbone); ``from_config`` deserializes them. What the
+    sub-layers leave to their weights (the encoder's ``word_vectors``) comes back from a ``.keras`` file.
     """
 
     def __init__(self, region_embedding: RegionEmbedding, sentence_encoder: BRNNEncoder, score: str = "brnn",
@@ -58,6 +63,7 @@ class AlignmentModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["region_embedding"] = keras.saving.deserialize_keras_object(config["region_embedding"])
-        config["sentence_encoder"] = keras.saving.deserialize_keras_object(config["sentence_encoder"])
+        for key in ("region_embedding", "sentence_encoder"):
+            if isinstance(config[key], dict):  # a serialized layer (an already built one passes through)
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

@@ -28,6 +28,13 @@ class MRNNDecoder(keras.Model):
         cell: 'rnn' (ReLU recurrence, the paper) or 'lstm'.
         dropout: dropout on the non-recurrent layers (image vector, word vectors, hidden state before W_oh).
         output_bias: optional (vocab_size,) initial b_o, e.g. log word frequencies (paper's supplement).
+        **kwargs: passed to ``keras.Model`` (``name``, ``dtype``, ``trainable``).
+
+    Serialization: ``get_config`` returns every argument, but ``output_bias`` as ``None``. The vector only sets
+    the initial value of the ``w_oh`` bias, which is saved with the other weights (and trained, so the initial
+    value would soon describe nothing the model has); a ``.keras`` file restores it exactly. This is what
+    keras-hub does for a tokenizer's ``vocabulary`` and what Keras's ``Embedding(weights=...)`` does.
+    ``from_config(get_config())`` rebuilds the same architecture; ``set_weights`` then gives the same outputs.
     """
 
     def __init__(self, vocab_size: int, feature_dim: int, hidden_dim: int = 512, word_dim: int = 512,
@@ -115,7 +122,8 @@ class MRNNDecoder(keras.Model):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "hidden_dim": self.hidden_dim, "word_dim": self.word_dim, "cell": self.cell,
-                "dropout": self.dropout}
+                "dropout": self.dropout,
+                "output_bias": None}  # saved as the w_oh bias weight (see the class docstring)
 
 
 def log_frequency_bias(counts, vocab_size: int) -> np.ndarray:
