@@ -8,6 +8,11 @@ Every DoFn counts its work with Beam counters in the ``karpalign.extract`` names
 
 The CNN runs on batches: ``beam.BatchElements`` groups images, their region crops are concatenated and the
 backbone sees them in one call, so the network runs on full batches whatever the number of regions per image.
+
+Decoding, cropping, the pixel mapping and the CNN are the functions of :mod:`karpalign.vision.region_features`
+that the serving graph runs as well (the job runs them in separate steps to overlap them), so an image gives
+the same features here and through ``serving_default``; an image the serving graph refuses (CMYK JPEG, TIFF,
+...) is a "decode" dead letter with the same reason.
 """
 
 import collections
@@ -76,7 +81,8 @@ def ReadImageBytes(items: PCollection[ImageItem]):
 
 
 class DecodeImageFn(beam.DoFn):
-    """Bytes -> RGB uint8 pixels with :func:`karpalign.vision.images.decode_image` (pixel limit enforced)."""
+    """Bytes -> RGB uint8 pixels with :func:`karpalign.vision.region_features.decode_image_array`: Pillow checks
+    the header (format, pixel limit), the serving graph's TensorFlow decoder decodes."""
 
     def __init__(self, max_pixels: int, progress_every: int = 0):
         self.max_pixels = int(max_pixels)
@@ -86,14 +92,15 @@ class DecodeImageFn(beam.DoFn):
         self._seen = 0
 
     def process(self, item: ImageItem) -> Iterable[ImageItem]:
-        from karpalign.vision.images import ImageDecodeError, decode_image
+        from karpalign.vision.images import ImageDecodeError
+        from karpalign.vision.region_features import decode_image_array
 
         try:
-            image = decode_image(item.data, max_pixels=self.max_pixels, source=item.path)  # (H, W, 3) uint8
+            image = decode_image_array(item.data, max_pixels=self.max_pixels, source=item.path)  # (H, W, 3) uint8
         except ImageDecodeError as exc:
             yield _dead(item, exc.stage, exc.reason, self.failed[exc.stage])
             return
-        except Exception as exc:  # decode_image promises ImageDecodeError; anything else is still recorded
+        except Exception as exc:  # decode_image_array promises ImageDecodeError; anything else is still recorded
             yield _dead(item, STAGE_DECODE, f"unexpected decoder error ({_describe(exc)})", self.failed["decode"])
             return
         self.decoded.inc()
@@ -171,7 +178,9 @@ class ExtractFeaturesFn(beam.DoFn):
     """A batch of items -> items with (R, D) region features; ONE backbone call for all crops of the batch.
 
     Each image's regions are cropped in one batched ``crop_and_resize`` (:func:`crop_regions`); the crops of
-    all images are concatenated, preprocessed once and run through the backbone once, then split back. If
+    all images are concatenated, preprocessed once (the backbone's pixel mapping) and run through the backbone
+    once (in chunks of at most 32), then split back -- the serving graph's functions
+    (:mod:`karpalign.vision.region_features`). If
     that call fails, the images are retried one by one so only the culprit becomes a dead letter.
 
     **Overlap.** The CNN runs in a background thread of the worker (TensorFlow releases the GIL while it

@@ -25,13 +25,12 @@ L = ``max_length``):
 - ``align``: ``region_features``, ``region_mask``, ``sentences``, ``beta`` scalar (image i with sentence i) ->
   ``region_word_scores`` (B, T, R), ``assignment`` int32 (B, T) (-1 at padding), ``tokens`` (B, T)
 
-The image path repeats the extraction path op for op (see :mod:`karpalign.vision.proposers`): decode to uint8
-RGB (JPEG with the accurate DCT that Pillow uses, see :func:`decode_rgb`), cast to float,
-``tf.image.crop_and_resize`` (bilinear) of every box at ``crop_size``, the backbone's linear pixel mapping
-``x * (hi - lo) / 255 + lo`` in float32, the CNN (in chunks of 32 crops), global average pooling of a 4-D
-output. The generator starts from region 0, the full image. Known, documented differences from Pillow
-decoding (used by the extraction job): TF does not apply EXIF orientation and drops alpha instead of
-compositing it on white; send upright, opaque images (the client can normalise them) when the two must agree.
+The image path is :func:`karpalign.vision.region_features.region_features_tf`, the functions the extraction job
+runs too: decode (EXIF orientation, alpha on white, first frame, RGB, pixel-identical to Pillow), bilinear
+``tf.image.crop_and_resize`` of every box at ``crop_size``, the backbone's linear pixel mapping in float32, the
+CNN in chunks of at most 32 crops, global average pooling of a 4-D output. The generator starts from region 0,
+the full image. An image the decoder cannot read the way extraction does (CMYK JPEG, TIFF, ...; see
+:mod:`karpalign.vision.region_features`) fails the request with INVALID_ARGUMENT naming the format.
 
 Everything in the graph is a core TensorFlow op (tokenizer: ``tf.strings``; beam search: ``tf.while_loop``;
 MRF: ``tf.scan``), so the SavedModel loads with a plain ``import tensorflow`` and in the stock TF Serving binary.
@@ -49,9 +48,9 @@ from karpalign.data.features import parse_examples
 from karpalign.data.pipeline import token_ids
 from karpalign.data.text import END_ID, PAD_ID, START_ID, UNK, Vocabulary, tf_tokenize
 from karpalign.decoding.generate import decode_image_vectors
-from karpalign.vision.backbones import pick_output
+from karpalign.vision.region_features import CNN_CHUNK, cnn_features_tf, pixel_mapping, region_features_tf
 
-CNN_CHUNK = 32  # crops per backbone call, as karpalign.vision.backbones does
+__all__ = ["ExportModule", "CNN_CHUNK"]
 
 
 class ExportModule(tf.Module):
@@ -141,10 +140,9 @@ class ExportModule(tf.Module):
             self._keras.cnn = cnn
         else:
             self.hub_cnn = cnn
-        lo, hi = backbone.value_range
         # Same float32 constants as Backbone.normalize, so the mapping is bit-identical to extraction.
-        self.pixel_scale = float(np.float32((hi - lo) / 255.0))
-        self.pixel_offset = float(np.float32(lo))
+        scale, offset = pixel_mapping(backbone.value_range)
+        self.pixel_scale, self.pixel_offset = float(scale), float(offset)
         self.boxes = boxes
         self.crop_size = int(crop_size)
 
@@ -175,46 +173,20 @@ class ExportModule(tf.Module):
 
     # ---- image path -----------------------------------------------------------------------------------------
     def image_region_features(self, images):
-        """Encoded images (B,) -> region features (B, R, D): decode, crop every box, normalise, CNN."""
+        """Encoded images (B,) -> region features (B, R, D) through the one region-feature path
+        (:func:`karpalign.vision.region_features.region_features_tf`): decode, crop every box, map pixels, CNN."""
         if self.cnn is None:
             raise ValueError("this export has no backbone; it cannot read images")
-        boxes = tf.constant(self.boxes)  # (R, 4)
-        n_boxes, size = len(self.boxes), self.crop_size
-
-        def crop_one(data):
-            pixels = tf.cast(decode_rgb(data), tf.float32)[None]  # (1, H, W, 3)
-            return tf.image.crop_and_resize(pixels, boxes, tf.zeros([n_boxes], tf.int32), [size, size],
-                                            method="bilinear")  # (R, S, S, 3)
-
-        # Images differ in size, so decode and crop one at a time; the crops all have one size.
-        crop_spec = tf.TensorSpec([n_boxes, size, size, 3], tf.float32)
-        crops = tf.map_fn(crop_one, images, fn_output_signature=crop_spec)  # (B, R, S, S, 3)
-        x = tf.reshape(crops, [-1, size, size, 3]) * self.pixel_scale + self.pixel_offset  # (B*R, S, S, 3)
-        return tf.reshape(self.cnn_features(x), [-1, n_boxes, self.feature_dim])  # (B, R, D)
+        return region_features_tf(images, self.boxes, self.crop_size, self._network, self.pixel_scale,
+                                  self.pixel_offset, self.feature_dim, self.backbone_name)
 
     def cnn_features(self, x):
-        """Network input (N, S, S, 3) -> (N, D), run in balanced chunks of at most ``CNN_CHUNK`` crops.
+        """Network input (N, S, S, 3) -> (N, D), run in near-equal chunks of at most ``CNN_CHUNK`` crops."""
+        return cnn_features_tf(self._network, x, self.backbone_name, self.feature_dim)
 
-        One big batch of B*R crops is slower on CPU than chunks of 32 (and needs more memory); the chunks are
-        balanced so that small requests are not padded: N = 5 is one chunk of 5, N = 170 six chunks of 29.
-        """
-        n = tf.shape(x)[0]
-        n_chunks = tf.maximum((n + CNN_CHUNK - 1) // CNN_CHUNK, 1)
-        chunk = (n + n_chunks - 1) // n_chunks
-        padded = tf.pad(x, [[0, n_chunks * chunk - n], [0, 0], [0, 0], [0, 0]])
-        chunks = tf.reshape(padded, tf.concat([[n_chunks, chunk], tf.shape(x)[1:]], axis=0))  # (C, chunk, S, S, 3)
-        out = tf.map_fn(self._cnn_batch, chunks, parallel_iterations=1,
-                        fn_output_signature=tf.TensorSpec([None, self.feature_dim], tf.float32))  # (C, chunk, D)
-        return tf.reshape(out, [-1, self.feature_dim])[:n]  # (N, D)
-
-    def _cnn_batch(self, x):
-        """The backbone on one batch (N, S, S, 3) -> (N, D), pooling a 4-D output as Backbone does."""
-        out = self.cnn(x, training=False) if self.cnn_is_keras else self.cnn(x)
-        if isinstance(out, dict):
-            out = pick_output(out, self.backbone_name)
-        if out.shape.rank == 4:
-            out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
-        return tf.cast(out, tf.float32)
+    def _network(self, x):
+        """The backbone network on one batch (before pooling)."""
+        return self.cnn(x, training=False) if self.cnn_is_keras else self.cnn(x)
 
     def caption_images_fn(self, images):
         feats = self.image_region_features(images)  # (B, R, D)
@@ -285,20 +257,6 @@ class ExportModule(tf.Module):
         dots = tf.einsum("brh,bth->btr", v, s)  # (B, T, R)
         assignment = tf_viterbi_align(dots, mask, region_mask, beta)  # (B, T)
         return {"region_word_scores": dots, "assignment": assignment, "tokens": strings}
-
-
-def decode_rgb(data):
-    """Encoded image (scalar string) -> uint8 (H, W, 3), pixel-identical to Pillow for JPEG and PNG.
-
-    ``tf.io.decode_image`` decodes JPEG with libjpeg's fast integer DCT, which differs from Pillow's accurate
-    (ISLOW) DCT by up to ~15 grey levels, so served features would drift from the extracted ones. JPEGs are
-    therefore decoded with ``dct_method="INTEGER_ACCURATE"``; everything else by ``decode_image`` (first
-    frame of animations).
-    """
-    return tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]))
 
 
 class _Untracked:

@@ -3,6 +3,9 @@
 The server rejects non-images and oversized images before they reach the model: decoding a 20000 x 20000
 PNG inside the serving graph would allocate over a gigabyte. Pillow's `Image.open` parses only the file
 header (pixel data is read lazily), so the check costs microseconds per image.
+
+What the graphs can decode is decided by :func:`karpalign.vision.region_features.decode_image_tf`; an image it
+refuses from its header (a CMYK JPEG) is refused here with the same reason, before the model runs.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-# The formats `tf.io.decode_image` can decode (and therefore what the exported graphs accept).
+from karpalign.vision.images import REFUSED_CMYK_JPEG
+
+# The formats the exported graphs' decoder (karpalign.vision.region_features.decode_image_tf) reads.
 DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 25 megapixels, e.g. 6000 x 4000
 
@@ -28,7 +33,7 @@ def image_header(data: bytes, formats=DEFAULT_IMAGE_FORMATS) -> tuple[str, int, 
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as image:
             width, height = image.size
-            return image.format, int(width), int(height)
+            fmt, mode = image.format, image.mode
     except Image.DecompressionBombError as e:
         raise ValueError(f"image is too large for Pillow to open ({e})") from e
     except UnidentifiedImageError as e:
@@ -36,6 +41,9 @@ def image_header(data: bytes, formats=DEFAULT_IMAGE_FORMATS) -> tuple[str, int, 
                          f"starts with {bytes(data[:8])!r}") from e
     except (OSError, SyntaxError) as e:  # Pillow raises these for corrupt headers
         raise ValueError(f"corrupt image header ({e})") from e
+    if fmt == "JPEG" and mode == "CMYK":
+        raise ValueError(REFUSED_CMYK_JPEG)
+    return fmt, int(width), int(height)
 
 
 def check_image(data: bytes, max_pixels: int, formats=DEFAULT_IMAGE_FORMATS) -> tuple[str, int, int]:

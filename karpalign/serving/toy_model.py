@@ -8,8 +8,9 @@ Its "caption" describes the decoded image: "image 32x24 v1" (width x height, exp
                      token_ids int32 (B, 1, 3) = [START, width, height]
     embed_images:    images string (B,) -> embeddings float32 (B, 2) = (width, height) / max side
 
-Images are decoded by the real export's :func:`karpalign.export.export_module.decode_rgb` (JPEG with the
-accurate DCT, like Pillow and the extraction job), so the toy exercises the same decode op as the real model.
+Images are decoded by :func:`karpalign.vision.region_features.decode_image_tf`, the decoder of the real export
+and the extraction job (EXIF orientation, alpha on white, JPEG with the accurate DCT), so the toy exercises the
+same decode ops as the real model and refuses the same images (INVALID_ARGUMENT naming the format).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import os
 import tensorflow as tf
 
 from karpalign.data.text import START_ID
-from karpalign.export.export_module import decode_rgb
 from karpalign.export.saved_model import save_for_serving
+from karpalign.vision.region_features import decode_image_tf
 
 _IMAGES = tf.TensorSpec([None], tf.string, name="images")
 
@@ -34,7 +35,7 @@ class ToyCaptioner(tf.Module):
 
     def _sizes(self, images):
         def one(image_bytes):
-            pixels = decode_rgb(image_bytes)  # (H, W, 3) uint8
+            pixels = decode_image_tf(image_bytes)  # (H, W, 3) uint8
             shape = tf.shape(pixels)
             return tf.stack([shape[1], shape[0]])  # (2,) width, height
 

@@ -2,7 +2,11 @@
 
 Modules (imported on demand, so ``import karpalign.vision.images`` does not pull in TensorFlow):
 
-- ``images``           ``decode_image(bytes) -> uint8 (H, W, 3)``, ``ImageDecodeError``
+- ``images``           Pillow input checks (``check_image_bytes``), the Pillow reference ``decode_image(bytes)``,
+                       ``ImageDecodeError``
+- ``region_features``  the one region-feature path of the extraction job and the serving graph:
+                       ``decode_image_tf`` (core TF ops), ``crop_regions_tf``, ``map_pixels``, ``cnn_features_tf``,
+                       ``region_features_tf``; ``decode_image_array`` for numpy callers
 - ``torch_pickle``     ``load_torch_state_dict(path)``: legacy torch ``.pth`` -> numpy, without torch
 - ``efficientnet_lite`` ``efficientnet_lite0(...)`` Keras model with converted ImageNet weights
 - ``backbones``        ``Backbone``, ``get_backbone(spec)``

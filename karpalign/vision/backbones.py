@@ -13,6 +13,10 @@ Options follow the spec after ``|``: ``|size=H,W`` (the default input size) and 
 0..255 pixels (save your model with its own preprocessing layers inside, as keras.applications models such
 as EfficientNet do); ``hub:`` models get 0..1, the TF Hub image convention. The built-in backbone's
 preprocessing is fixed by its weights.
+
+The pixel mapping (:meth:`Backbone.normalize`) and the chunked, pooled network call (:meth:`Backbone.__call__`)
+are :func:`karpalign.vision.region_features.map_pixels` and :func:`~karpalign.vision.region_features.cnn_features_tf`,
+the functions the serving graph runs, so extraction and serving compute features the same way.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from karpalign.vision.region_features import cnn_features_tf, map_pixels, pixel_mapping
+
 DEFAULT_SPEC = "efficientnet_lite0"
 DEFAULT_INPUT_SIZE = (224, 224)
-_BATCH = 32  # images per forward pass; bounds memory for large region batches
 
 
 class Backbone:
@@ -46,17 +51,23 @@ class Backbone:
         if not isinstance(model_fn, tf.types.experimental.PolymorphicFunction):
             model_fn = tf.function(model_fn, reduce_retracing=True)
         self._model_fn = model_fn
+        # The network in chunks of at most 32 images, pooled: one trace for every batch and crop size.
+        self._chunked = tf.function(lambda x: cnn_features_tf(self._model_fn, x, self.name),
+                                    input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         self._feature_dim: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size})"
 
     # ---- preprocessing ------------------------------------------------------------------------------------
+    @property
+    def pixel_mapping(self) -> tuple[np.float32, np.float32]:
+        """float32 (scale, offset) of the linear map of pixel values 0..255 onto ``value_range``."""
+        return pixel_mapping(self.value_range)
+
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Pixel values in [0, 255] -> float32 network input (no resizing)."""
-        x = np.asarray(pixels, dtype=np.float32)
-        lo, hi = self.value_range
-        return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
+        return map_pixels(pixels, *self.pixel_mapping)
 
     def preprocess(self, images, size: tuple[int, int] | None = None) -> np.ndarray:
         """uint8 (or float 0..255) images ``(N, H, W, 3)`` -> float32 network input ``(N, h, w, 3)``.
@@ -81,27 +92,19 @@ class Backbone:
     # ---- features -----------------------------------------------------------------------------------------
     def __call__(self, images) -> np.ndarray:
         """Preprocessed float images ``(N, h, w, 3)`` -> float32 features ``(N, D)``, run in near-equal chunks
-        of at most 32 images (bounds memory for large region batches)."""
+        of at most 32 images (bounds memory for large region batches; see
+        :func:`karpalign.vision.region_features.cnn_features_tf`)."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"backbone {self.name}: expected (N, H, W, 3) float images, got {images.shape}")
-        n_chunks = -(-len(images) // _BATCH)
-        bounds = np.linspace(0, len(images), n_chunks + 1).round().astype(int)  # equal chunks: 70 -> 23/23/24
-        chunks = [self._features(images[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        if not chunks:
+        if len(images) == 0:
             return np.zeros((0, self.feature_dim), np.float32)
-        return np.concatenate(chunks, axis=0)
+        return self._chunked(tf.constant(images)).numpy()
 
-    def _features(self, batch: np.ndarray) -> np.ndarray:
-        out = self._model_fn(tf.constant(batch))
-        if isinstance(out, dict):
-            out = pick_output(out, self.name)
-        out = tf.convert_to_tensor(out)
-        if out.shape.rank == 4:
-            out = tf.reduce_mean(out, axis=[1, 2])  # (N, h, w, D) -> (N, D)
-        if out.shape.rank != 2:
-            raise ValueError(f"backbone {self.name}: model output has shape {out.shape}; need (N, D) or 4-D")
-        return out.numpy().astype(np.float32)
+    @property
+    def model_fn(self):
+        """The network: float batch (N, h, w, 3) -> (N, D), (N, h, w, D) or a dict (before pooling)."""
+        return self._model_fn
 
     @property
     def feature_dim(self) -> int:
@@ -109,7 +112,7 @@ class Backbone:
         if self._feature_dim is None:
             h, w = self.input_size
             blank = self.normalize(np.zeros((1, h, w, 3), np.float32))
-            self._feature_dim = int(self._features(blank).shape[1])
+            self._feature_dim = int(self._chunked(tf.constant(blank)).shape[1])
         return self._feature_dim
 
     def features_from_images(self, images) -> np.ndarray:
@@ -277,16 +280,6 @@ def _format_name(base, size, default_size, value_range, default_range, size_is_d
     if value_range is not None and tuple(value_range) != tuple(default_range):
         name += f"|range={value_range[0]:g},{value_range[1]:g}"
     return name
-
-
-def pick_output(outputs: dict, name: str):
-    for key in ("default", "feature_vector", "features", "pooled_output"):
-        if key in outputs:
-            return outputs[key]
-    if len(outputs) == 1:
-        return next(iter(outputs.values()))
-    raise ValueError(f"backbone {name}: model returns several outputs {sorted(outputs)}; cannot tell "
-                     "which is the feature vector (name it 'default' or 'feature_vector')")
 
 
 def _signature_caller(signature, handle: str):

@@ -1,12 +1,19 @@
-"""Image bytes -> RGB uint8 array, with one clear error type for everything that can go wrong.
+"""Pillow's part of the image path: input checks, and the reference decoder the TensorFlow one is tested against.
 
-Every image file that enters the pipeline goes through :func:`decode_image`, so every decoded image has the
-same form: EXIF orientation applied, first frame only (GIF/animated WebP/multi-page TIFF), 3 channels RGB,
-uint8. Transparent pixels are composited on white (a transparent PNG logo on white, as a browser shows it),
-so a caption that says "a white background" stays true. 16-bit images are scaled to 8 bits.
+The extraction job and the serving graph decode with ONE TensorFlow function,
+:func:`karpalign.vision.region_features.decode_image_tf`; Pillow only checks their inputs here:
 
-Decompression bombs are refused from the header alone: the pixel count (width * height) is checked before a
-single pixel is decoded, so a 20-byte PNG that claims 100000 x 100000 pixels costs nothing.
+- :func:`check_image_bytes`: zero bytes, unrecognised or unsupported formats (:data:`DECODABLE_FORMATS`) and
+  decompression bombs, refused from the header alone: the pixel count (width * height) is checked before a
+  single pixel is decoded, so a 20-byte PNG that claims 100000 x 100000 pixels costs nothing.
+- :func:`diagnose`: why the TensorFlow decoder failed on a file (truncated, corrupt), in Pillow's words.
+
+:func:`decode_image` is the Pillow decoder that defines what a decoded image is: EXIF orientation applied,
+first frame only (GIF/animated WebP/multi-page TIFF), 3 channels RGB, uint8. Transparent pixels are composited
+on white (a transparent PNG logo on white, as a browser shows it), so a caption that says "a white background"
+stays true. 16-bit images are scaled to 8 bits. The TensorFlow decoder gives the same pixels for everything it
+accepts (tests/vision/test_region_features.py); Pillow also reads formats TensorFlow cannot decode the same way
+(CMYK JPEG, TIFF), which the job and the serving graph refuse with the ``REFUSED_*`` reasons below.
 """
 
 from __future__ import annotations
@@ -21,6 +28,19 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 # Photo formats we accept (Pillow format names). MPO is the multi-picture JPEG many cameras write.
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+
+# What the TensorFlow decoder (karpalign.vision.region_features) reads; MPO is a JPEG to it.
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+
+# Why the TensorFlow decoder refuses an image: the serving graph's INVALID_ARGUMENT message and the extraction
+# job's dead-letter reason (one text, so both say the same).
+REFUSED_EMPTY = "zero-byte file"
+REFUSED_UNKNOWN = "unrecognised image format (not JPEG, PNG, GIF, BMP or WEBP)"
+REFUSED_CMYK_JPEG = "CMYK JPEG is not supported: convert to RGB"
+REFUSED_TIFF = "TIFF is not supported: convert to JPEG or PNG"
+REFUSED_BMP_COMPRESSED = "compressed BMP is not supported: convert to PNG"
+REFUSED_GIF_FRAME = "GIF whose first frame does not cover the whole image is not supported: convert to PNG"
+REFUSED_WEBP_ANIMATED = "animated WEBP is not supported: convert to GIF or PNG"
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -116,3 +136,41 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
         raise ImageDecodeError(source, f"decoded to unexpected shape {array.shape}")
     return np.ascontiguousarray(array)
 
+
+
+def check_image_bytes(data, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "") -> bytes:
+    """Pillow's checks before the TensorFlow decoder sees ``data`` -> the bytes (as ``bytes``).
+
+    Raises :class:`ImageDecodeError`: stage "decode" for zero bytes, unrecognised or corrupt headers and formats
+    outside :data:`DECODABLE_FORMATS` (a CMYK JPEG is refused with :data:`REFUSED_CMYK_JPEG`, as the decoder
+    itself would); stage "bomb" over ``max_pixels`` (header only, no pixels decoded).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{source or '<bytes>'}: image checks need bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError(source, REFUSED_EMPTY)
+    img = _open(data, source, max_pixels)
+    if img.format == "TIFF":
+        raise ImageDecodeError(source, REFUSED_TIFF)
+    if img.format not in DECODABLE_FORMATS:
+        raise ImageDecodeError(source, f"{img.format} is not supported: convert to JPEG or PNG")
+    if img.format in ("JPEG", "MPO") and img.mode == "CMYK":
+        raise ImageDecodeError(source, REFUSED_CMYK_JPEG)
+    return data
+
+
+def diagnose(data: bytes, decoder_message: str = "") -> str:
+    """Why an image that passed :func:`check_image_bytes` failed to decode: Pillow's reason when Pillow fails
+    too ("truncated image data (...)", "corrupt image data (...)"), else the decoder's first message line."""
+    try:
+        decode_image(data, max_pixels=2 ** 62)
+    except ImageDecodeError as exc:
+        return exc.reason
+    except Exception as exc:  # Pillow's own limit or an unexpected plugin error: still a reason
+        return f"corrupt image data ({type(exc).__name__}: {exc})"
+    lines = [line.strip() for line in (decoder_message or "").splitlines() if line.strip()]
+    first = lines[0] if lines else "the decoder failed"
+    if first.startswith("{{function_node"):
+        first = first.split("}}", 1)[-1].strip()
+    return f"corrupt image data ({first})"

@@ -20,6 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from karpalign.vision.region_features import crop_regions_tf
+
 FULL_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 DEFAULT_K = 19
 _DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
@@ -328,7 +330,8 @@ _CROP_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int8", "int16", "
 
 
 def crop_regions(image, boxes, size: int) -> np.ndarray:
-    """Crops and resizes every box in ONE batched ``tf.image.crop_and_resize`` call.
+    """Crops and resizes every box in ONE batched ``tf.image.crop_and_resize`` call
+    (:func:`karpalign.vision.region_features.crop_regions_tf`, the serving graph's crop).
 
     image uint8 (H, W, 3), boxes (R, 4) normalised -> float32 ``(R, size, size, 3)`` with pixel values 0..255
     (bilinear; no antialiasing, so for very large images shrink them first if aliasing matters).
@@ -343,13 +346,8 @@ def crop_regions(image, boxes, size: int) -> np.ndarray:
         return np.zeros((0, size, size, 3), np.float32)
     if image.dtype not in _CROP_DTYPES:
         image = image.astype(np.float32)
-    crops = tf.image.crop_and_resize(
-        image[None],  # (1, H, W, 3) as it is: the kernel reads uint8 directly (a float copy costs ~30% more)
-        boxes,  # (R, 4)
-        tf.zeros([len(boxes)], tf.int32),  # (R,) every box is in image 0
-        crop_size=(int(size), int(size)),
-        method="bilinear")  # (R, size, size, 3)
-    return crops.numpy()
+    # The image as it is: the kernel reads uint8 directly (a float copy costs ~30% more).
+    return crop_regions_tf(image, boxes, int(size)).numpy()  # (R, size, size, 3)
 
 
 def region_features(backbone, image, boxes, crop_size: int | None = None) -> np.ndarray:
