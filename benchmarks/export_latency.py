@@ -65,8 +65,9 @@ def _build_export(root: str, args) -> tuple[str, dict, str]:
     records = make_toy_records(os.path.join(root, "records"), feature_dim=dim, num_regions=args.regions + 1,
                                num_train=8, num_val=2, num_test=2, shards=1)
     manifest = F.read_manifest(records)
-    manifest.update(cnn_spec=spec, crop_size=args.crop_size, proposer=f"grid|k={args.regions}")
-    F.write_manifest(records, manifest)
+    manifest.cnn_spec, manifest.crop_size = spec, args.crop_size
+    manifest.proposer = F.ProposerInfo(kind="grid", k=args.regions)
+    manifest.write(records)
     sets = [f"data.records_dir={records}", "model.embed_dim=512", "model.word_dim=300", "model.brnn_hidden=300",
             "model.gen_hidden=512", "model.gen_word_dim=512", "model.dropout=0"]
     runs = {}

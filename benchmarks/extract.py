@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             result = run_extract(config, args.beam_args.split())
             seconds = time.perf_counter() - start
-            assert result.manifest["written"] == count, result.manifest
+            assert result.manifest.written == count, result.manifest
             return seconds
 
         bare: list[tuple[int, float]] = []

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             cpu0, start = os.times(), time.perf_counter()
             result = run_extract(config, ["--runner=DirectRunner"])
             wall, cpu1 = time.perf_counter() - start, os.times()
-            assert result.manifest["written"] == n, result.manifest
+            assert result.manifest.written == n, result.manifest
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     print(f"{n} scenes {args.image_size} px, {args.cnn} at {args.crop_size} px crops, batch {args.batch_size}, "
           f"CNN inline; job wall {wall:.2f}s ({1e3 * wall / n:.2f} ms/image), CPU {cpu:.2f}s = "

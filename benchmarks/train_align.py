@@ -98,8 +98,8 @@ def write_fake_records_dir(folder: str, a) -> None:
     """The manifest and vocabulary AlignTask reads (no shards: the benchmark feeds batches from memory)."""
     words = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(a.vocab - len(SPECIAL_TOKENS))]
     Vocabulary(words).save(os.path.join(folder, F.VOCAB))
-    F.write_manifest(folder, {"feature_dim": a.feature_dim, "num_regions": a.regions, "counts": {"train": 0},
-                              "cnn": "synthetic", "proposer": "synthetic"})
+    F.Manifest(feature_dim=a.feature_dim, num_regions=a.regions, counts={"train": 0}, cnn="synthetic",
+               proposer=F.ProposerInfo(kind="synthetic", k=a.regions - 1)).write(folder)
 
 
 def synthetic_batch(a, seed: int = 0) -> dict:

@@ -2,14 +2,23 @@
 
 Every attribute is documented where it is declared. ``load_config(path, overrides)`` returns a resolved
 :class:`Config`; ``save_config`` writes it (as YAML) next to every output so a run can always be repeated.
+
+The recipes (``coco``, ``flickr8k_caption``, ``scenes``, ``demo``, ...) ship inside the package as
+``karpalign/configs/*.yaml``. ``config_path(name_or_path)`` is the one place a config argument is resolved: a
+file that exists is used as it is, a bare recipe name (``coco`` or ``coco.yaml``) is the packaged file (read
+through ``importlib.resources``, so it works from a wheel), anything else is an error listing the recipes.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import importlib.resources
 import os
+import pathlib
 import typing
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -175,9 +184,75 @@ def read_yaml(path: str, error: type[Exception], what: str, hint: str = ""):
         raise error(f"{what} {path}: invalid YAML: {e}") from None
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+# ---- packaged recipes --------------------------------------------------------------------------------------
+
+RECIPE_DIR = "configs"  # inside the karpalign package (declared as package data in pyproject.toml)
+RECIPE_SUFFIX = ".yaml"
+_extracted = contextlib.ExitStack()  # recipes copied out of a zipped install (closed at exit)
+atexit.register(_extracted.close)
+
+
+def _recipe_dir():
+    return importlib.resources.files("karpalign").joinpath(RECIPE_DIR)
+
+
+def packaged_recipes() -> list[str]:
+    """The names of the recipes shipped with the package (``karpalign/configs/*.yaml`` without ``.yaml``)."""
+    try:
+        entries = list(_recipe_dir().iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name[:-len(RECIPE_SUFFIX)] for e in entries
+                  if e.name.endswith(RECIPE_SUFFIX) and e.is_file())
+
+
+def recipe_path(name: str) -> str:
+    """The file system path of the packaged recipe ``name`` (``coco`` or ``coco.yaml``), not checked for
+    existence; use :func:`config_path` to resolve a user's argument."""
+    if not name.endswith(RECIPE_SUFFIX):
+        name += RECIPE_SUFFIX
+    resource = _recipe_dir().joinpath(name)
+    if isinstance(resource, pathlib.Path):  # a normal (unzipped) install: the file itself
+        return str(resource)
+    return str(_extracted.enter_context(importlib.resources.as_file(resource)))
+
+
+def _recipe_name(arg: str) -> str | None:
+    """``arg`` as a packaged recipe's name when it is a bare name of one (no folder part), else None."""
+    if not arg or os.path.basename(arg) != arg or (os.altsep and os.altsep in arg):
+        return None
+    name = arg[:-len(RECIPE_SUFFIX)] if arg.endswith(RECIPE_SUFFIX) else arg
+    return name if name in packaged_recipes() else None
+
+
+def config_path(name_or_path: str | os.PathLike, error: type[Exception] = ConfigError,
+                what: str = "config file", hint: str = "") -> str:
+    """Resolves a ``--config`` argument: an existing file is returned as given; a bare recipe name (``coco``,
+    ``coco.yaml``) is the packaged ``karpalign/configs/coco.yaml``. Anything else raises ``error`` naming
+    ``what``, the argument (plus ``hint``) and the packaged recipes."""
+    arg = os.fspath(name_or_path)
+    if os.path.isfile(arg):
+        return arg
+    name = _recipe_name(arg)
+    if name is not None:
+        return recipe_path(name)
+    recipes = ", ".join(packaged_recipes()) or "(none: the package's configs/ folder is missing)"
+    state = "is a folder, not a YAML file" if os.path.isdir(arg) else "not found"
+    raise error(f"{what} {arg} {state}{hint}; give the path of a YAML file or the name of a packaged recipe: "
+                f"{recipes}")
+
+
+def open_config(name_or_path: str | os.PathLike) -> TextIO:
+    """The config file ``name_or_path`` (resolved by :func:`config_path`) opened for reading as UTF-8 text."""
+    return open(config_path(name_or_path), encoding="utf-8")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """The defaults, updated from the YAML file or packaged recipe ``path`` (see :func:`config_path`), then
+    from the ``a.b=c`` overrides."""
     cfg = Config()
     if path:
+        path = config_path(path)
         data = read_yaml(path, ConfigError, "config file")
         try:
             _merge(cfg, data, "")

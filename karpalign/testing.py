@@ -62,10 +62,12 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
         counts[split] = F.write_shards(examples, out_dir, split, num_shards=shards)
     with open(os.path.join(out_dir, "dataset.json"), "w", encoding="utf-8") as f:
         json.dump({"dataset": "toy", "images": images}, f)
-    Vocabulary.build(token_lists, min_count=1).save(os.path.join(out_dir, F.VOCAB))
-    F.write_manifest(out_dir, {"feature_dim": feature_dim, "num_regions": num_regions,
-                               "counts": counts, "cnn": "toy-codes", "proposer": "boxes", "failures": 0,
-                               "input_records": sum(counts.values())})
+    vocab = Vocabulary.build(token_lists, min_count=1)
+    vocab.save(os.path.join(out_dir, F.VOCAB))
+    F.Manifest(feature_dim=feature_dim, num_regions=num_regions, counts=counts,
+               proposer=F.ProposerInfo(kind="boxes", k=num_regions - 1), cnn="toy-codes",
+               vocab_size=len(vocab), input_records=sum(counts.values()), written=sum(counts.values()),
+               failed=0).write(out_dir)
     return out_dir
 
 

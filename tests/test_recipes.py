@@ -1,4 +1,4 @@
-"""The paper recipes (configs/*.yaml, docs/recipes.md) run for two steps on tiny data in the real formats.
+"""The paper recipes (karpalign/configs/*.yaml, docs/recipes.md) run for two steps on tiny data in real formats.
 
 The commands are read from the marked blocks of docs/recipes.md and run as written (in a temporary folder laid
 out like the docs' ``data/``), with only sizes and speed changed: a tiny Keras CNN instead of EfficientNet-Lite0
@@ -30,7 +30,10 @@ RGB = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230)}
 
 
 def _config(name):
-    with open(os.path.join(REPO, "configs", f"{name}.yaml"), encoding="utf-8") as f:
+    """The packaged recipe ``name`` as plain YAML data."""
+    from karpalign.config import open_config
+
+    with open_config(name) as f:
         return yaml.safe_load(f)
 
 
@@ -41,8 +44,8 @@ def _config(name):
 def test_configs_hold_the_paper_settings(name):
     from karpalign.config import load_config
 
-    align = load_config(os.path.join(REPO, "configs", f"{name}.yaml"))
-    caption = load_config(os.path.join(REPO, "configs", f"{name}_caption.yaml"))
+    align = load_config(name)  # the recipe-name form of --config
+    caption = load_config(f"{name}_caption.yaml")
     assert align.train.task == "align" and caption.train.task == "caption" and caption.train.on == "images"
     for cfg in (align, caption):
         assert cfg.train.batch_size == 100 and cfg.train.clip_value == 5.0
@@ -60,11 +63,19 @@ def test_configs_hold_the_paper_settings(name):
 
 
 def test_scenes_config_loads_and_every_recipe_key_is_known():
-    from karpalign.config import load_config
+    import karpalign
+    from karpalign.config import config_path, load_config, packaged_recipes
 
-    for name in DATASETS + tuple(f"{d}_caption" for d in DATASETS) + ("scenes",):
-        load_config(os.path.join(REPO, "configs", f"{name}.yaml"))  # raises on an unknown key or a bad value
-    scenes = load_config(os.path.join(REPO, "configs", "scenes.yaml"))
+    names = DATASETS + tuple(f"{d}_caption" for d in DATASETS) + ("scenes",)
+    assert sorted(packaged_recipes()) == sorted(names + ("demo",))  # demo.yaml: karpalign-demo's (tests/test_demo.py)
+    for name in names:
+        load_config(name)  # raises on an unknown key or a bad value
+        # The same file by path (the other form of --config); the recipes live in the package, not beside it.
+        path = os.path.join(os.path.dirname(os.path.abspath(karpalign.__file__)), "configs", f"{name}.yaml")
+        assert os.path.samefile(config_path(name), path)
+        assert load_config(path) == load_config(name)
+    assert not os.path.exists(os.path.join(REPO, "configs"))  # no second copy beside the package
+    scenes = load_config("scenes")
     assert scenes.train.on == "images" and scenes.decode.beam_size == 7 and scenes.train.clip_value == 5.0
 
 
@@ -98,7 +109,7 @@ def test_documented_extraction_matches_the_configs():
         assert argv[argv.index("--out") + 1] == cfg["records_dir"], name
         assert argv[argv.index("--regions") + 1] == "19", name  # 19 boxes + the full image (paper)
         trains = [c for c in _commands(name) if c[0] == "karpalign-train"]
-        assert {c[c.index("--config") + 1] for c in trains} == {f"configs/{name}.yaml", f"configs/{name}_caption.yaml"}
+        assert {c[c.index("--config") + 1] for c in trains} == {name, f"{name}_caption"}  # recipe names
 
 
 # ---- tiny data in the downloaded formats ------------------------------------------------------------------------
@@ -207,8 +218,7 @@ def _test_arguments(argv, workdir):
 def _run_recipe(name, workdir, capsys, first=None):
     """Runs the recipe block's commands (all, or the ``first`` N); returns {program: [stdout of each run]}."""
     outputs = {}
-    for argv in _commands(name)[:first]:
-        argv = [os.path.join(REPO, a) if a.startswith("configs/") else a for a in argv]
+    for argv in _commands(name)[:first]:  # as written: --config NAME is the packaged recipe
         main = _main(argv[0])
         protocol = argv[argv.index("--protocol") + 1] if "--protocol" in argv else "full"
         if protocol != "full":
@@ -251,7 +261,7 @@ def _assert_recipe_values_used(run_dir, config_name):
 def test_flickr8k_recipe_end_to_end(workdir, capsys):
     out = _run_recipe("flickr8k", workdir, capsys)
     records = _manifest("runs/flickr8k/records")
-    assert records["num_regions"] == 20 and records["proposer"] == "grid" and records["min_word_count"] == 5
+    assert records["num_regions"] == 20 and records["proposer"]["kind"] == "grid" and records["min_word_count"] == 5
     assert records["counts"] == {"test": 6, "train": 16, "val": 14} and records["failed"] == 0
     _assert_recipe_values_used("runs/flickr8k/align", "flickr8k")
     _assert_recipe_values_used("runs/flickr8k/caption", "flickr8k_caption")
@@ -302,5 +312,5 @@ def test_neuraltalk_route(workdir, capsys):
 def test_scenes_recipe(workdir, capsys):
     _run_recipe("scenes", workdir, capsys, first=3)
     records = _manifest("runs/scenes/records")
-    assert records["proposer"] == "boxes" and records["num_regions"] == 5 and records["failed"] == 0
+    assert records["proposer"]["kind"] == "boxes" and records["num_regions"] == 5 and records["failed"] == 0
     _assert_recipe_values_used("runs/scenes/align", "scenes")

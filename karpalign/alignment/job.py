@@ -62,8 +62,6 @@ def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: floa
                 skip_full_image: bool = True, batch_size: int = 64, max_images: int | None = None,
                 progress: bool = True) -> dict:
     """Aligns one split; returns counts and (with ``ground_truth``) alignment accuracy."""
-    manifest = F.read_manifest(records_dir)
-    D, R = int(manifest["feature_dim"]), int(manifest["num_regions"])
     table = P.vocab_table(records_dir)
     os.makedirs(out_dir, exist_ok=True)
 
@@ -72,7 +70,7 @@ def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: floa
     examples, n_images, n_sent, n_snip = [], 0, 0, 0
     json_path = os.path.join(out_dir, f"snippets-{split}.jsonl")
     with open(json_path + ".tmp", "w", encoding="utf-8") as jf:
-        for batch in P.image_dataset(records_dir, split, feature_dim=D, num_regions=R, batch_size=batch_size):
+        for batch in P.image_dataset(records_dir, split, batch_size=batch_size, max_images=max_images):
             tokens = batch["tokens"]
             which = tokens.value_rowids()
             ids, wmask = P.token_ids(tokens.values, table, max_words)
@@ -111,8 +109,6 @@ def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: floa
             if progress:
                 print(f"align {split}: {n_images} images, {n_sent} sentences, {n_snip} snippets",
                       file=sys.stderr)
-            if max_images is not None and n_images >= max_images:
-                break
     os.replace(json_path + ".tmp", json_path)
     F.write_shards(examples, out_dir, split, num_shards=max(1, min(8, len(examples) // 5000 + 1)))
     result = {"split": split, "images": n_images, "sentences": n_sent, "snippets": n_snip, "beta": beta}
@@ -124,9 +120,9 @@ def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: floa
 def write_region_manifest(records_dir: str, out_dir: str, counts: dict, extra: dict) -> None:
     manifest = F.read_manifest(records_dir)
     shutil.copy(os.path.join(records_dir, F.VOCAB), os.path.join(out_dir, F.VOCAB))
-    F.write_manifest(out_dir, {**{k: manifest[k] for k in ("feature_dim", "cnn", "proposer") if k in manifest},
-                               "num_regions": 1, "counts": counts, "source_records": os.path.abspath(records_dir),
-                               **extra})
+    F.Manifest(feature_dim=manifest.feature_dim, num_regions=1, counts=counts, proposer=manifest.proposer,
+               cnn=manifest.cnn, vocab_size=manifest.vocab_size, source_records=os.path.abspath(records_dir),
+               extra=dict(extra)).write(out_dir)
 
 
 def _read_picture_image(path: str):
@@ -175,8 +171,6 @@ def write_alignment_pictures(model, records_dir: str, split: str, out_dir: str, 
     """
     if num_images < 1:
         raise ValueError(f"write_alignment_pictures: num_images must be at least 1, got {num_images}")
-    manifest = F.read_manifest(records_dir)
-    D, R = int(manifest["feature_dim"]), int(manifest["num_regions"])
     table = P.vocab_table(records_dir)
     assign = _assigner(model, beta)
     pictures_dir = os.path.join(out_dir, PICTURES_DIR)
@@ -185,10 +179,9 @@ def write_alignment_pictures(model, records_dir: str, split: str, out_dir: str, 
     items, skipped = [], []
     counts = {"missing": 0, "unreadable": 0, "no_sentence": 0}
     n_images = 0
-    batches = P.image_dataset(records_dir, split, feature_dim=D, num_regions=R,
-                              batch_size=min(batch_size, num_images))
+    batches = P.image_dataset(records_dir, split, batch_size=min(batch_size, num_images), max_images=num_images)
     for batch in batches:
-        take = min(int(batch["region_features"].shape[0]), num_images - n_images)
+        take = int(batch["region_features"].shape[0])
         tokens = batch["tokens"][:take]  # (B, S, T) ragged
         has_sentence = (tokens.row_lengths() > 0).numpy()  # (B,)
         which = tf.where(has_sentence)[:, 0]  # (N,) images that have a first sentence

@@ -177,13 +177,13 @@ class JobPlan:
 class ExtractResult:
     """The outcome: the manifest as written, where it is, and the runner's Beam counters (may be partial)."""
 
-    manifest: dict
+    manifest: F.Manifest
     manifest_path: str
     counters: dict
 
     @property
     def failure_fraction(self) -> float:
-        return self.manifest["failed"] / max(1, self.manifest["input_records"])
+        return self.manifest.failed / max(1, self.manifest.input_records or 0)
 
     def acceptable(self, max_failure_fraction: float) -> bool:
         return self.failure_fraction <= max_failure_fraction
@@ -367,45 +367,44 @@ def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
     if n_input != n_written + n_failed:
         raise ExtractError(f"counts do not add up: input {n_input} != written {n_written} + failed {n_failed} "
                            f"(see {plan.counts_path}); not writing a manifest")
-    manifest = {
-        "feature_dim": plan.feature_dim,
-        "num_regions": c.regions + 1,
-        "counts": {split: written.get(split, 0) for split in plan.splits},
-        "cnn": plan.cnn_spec.split("|")[0],
-        "cnn_spec": plan.cnn_spec,
-        "crop_size": plan.crop_size,
-        "proposer": c.proposer,
-        "proposer_k": c.regions,
-        "proposer_name": proposer_name(c.proposer, c.regions, c.detector_score_threshold, c.detector_iou_threshold),
-        "input_records": n_input,
-        "written": n_written,
-        "failed": n_failed,
-        "failures_by_stage": {stage: failed[stage] for stage in STAGES if failed.get(stage)},
-        "dead_letters": DEAD_LETTERS,
-        "dataset": os.path.abspath(c.dataset),
-        "image_root": c.image_root,
-        "min_word_count": c.min_word_count,
-        "fold_restval": c.fold_restval,
-        "vocab": F.VOCAB,
-        "vocab_size": len(plan.vocab),
-        "max_image_pixels": c.max_image_pixels,
-        "shards_per_split": c.shards_per_split,
-        "empty_captions_dropped": plan.read_report.empty_captions,
-    }
+    manifest = F.Manifest(
+        feature_dim=plan.feature_dim,
+        num_regions=c.regions + 1,
+        counts={split: written.get(split, 0) for split in plan.splits},
+        proposer=F.ProposerInfo.from_spec(c.proposer, c.regions, proposer_name(
+            c.proposer, c.regions, c.detector_score_threshold, c.detector_iou_threshold)),
+        cnn=plan.cnn_spec.split("|")[0],
+        cnn_spec=plan.cnn_spec,
+        crop_size=plan.crop_size,
+        vocab_size=len(plan.vocab),
+        input_records=n_input,
+        written=n_written,
+        failed=n_failed,
+        failures_by_stage={stage: failed[stage] for stage in STAGES if failed.get(stage)},
+        dead_letters=DEAD_LETTERS,
+        extra={
+            "dataset": os.path.abspath(c.dataset),
+            "image_root": c.image_root,
+            "min_word_count": c.min_word_count,
+            "fold_restval": c.fold_restval,
+            "vocab": F.VOCAB,
+            "max_image_pixels": c.max_image_pixels,
+            "shards_per_split": c.shards_per_split,
+            "empty_captions_dropped": plan.read_report.empty_captions,
+        })
     if _is_url(c.out):
         with tempfile.TemporaryDirectory() as tmp:
             plan.vocab.save(os.path.join(tmp, F.VOCAB))
-            F.write_manifest(tmp, manifest)
+            manifest.write(tmp)
             _publish(os.path.join(tmp, F.VOCAB), FileSystems.join(c.out, F.VOCAB))
             _publish(os.path.join(tmp, F.MANIFEST), FileSystems.join(c.out, F.MANIFEST))
         manifest_path = FileSystems.join(c.out, F.MANIFEST)
     else:
         plan.vocab.save(os.path.join(c.out, F.VOCAB))
-        manifest_path = F.write_manifest(c.out, manifest)
+        manifest_path = manifest.write(c.out)
+        manifest = F.read_manifest(c.out)
     FileSystems.delete([plan.job_dir])
-    return ExtractResult(manifest=F.read_manifest(c.out) if not _is_url(c.out) else
-                         {"schema_version": F.SCHEMA_VERSION, **manifest},
-                         manifest_path=manifest_path, counters=counters)
+    return ExtractResult(manifest=manifest, manifest_path=manifest_path, counters=counters)
 
 
 def run_extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> ExtractResult:

@@ -58,19 +58,17 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
 
-    import keras
-
     from karpalign.alignment.job import align_split, write_alignment_pictures, write_region_manifest
-    from karpalign.config import load_config
     from karpalign.data.records import DatasetError, read_karpathy_json
-    from karpalign.training.tasks import ALIGN_MODEL
+    from karpalign.training.run_dir import RunDir
 
-    model_path = os.path.join(args.model_dir, ALIGN_MODEL)
-    if not os.path.exists(model_path):
-        print(f"karpalign-align: {model_path} not found (train with karpalign-train --task align first)",
-              file=sys.stderr)
+    run = RunDir(args.model_dir, "align")
+    try:
+        run.check()
+        cfg = run.load_config()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"karpalign-align: {e} (train with karpalign-train --task align first)", file=sys.stderr)
         return 2
-    cfg = load_config(os.path.join(args.model_dir, "config.yaml"))
     max_words = args.max_words or cfg.data.max_words
     gt = None
     if args.dataset:
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
             print(f"karpalign-align: --pictures-split {args.pictures_split}: no TFRecord shards match {pattern}",
                   file=sys.stderr)
             return 2
-    model = keras.saving.load_model(model_path)
+    model = run.load_alignment()
     os.makedirs(args.out, exist_ok=True)
     results, counts = {}, {}
     if betas:

@@ -11,7 +11,8 @@ the server -> HTML report (<out>/report/index.html).
 
 Every step calls the same `main(argv)` as its command-line tool (in this process; the server runs in a
 subprocess), checks its output, and is skipped when that output already exists, so an interrupted demo
-continues where it stopped; `--fresh` starts over. Sizes and steps come from configs/demo.yaml (`--config`).
+continues where it stopped; `--fresh` starts over. Sizes and steps come from the packaged recipe `demo`
+(karpalign/configs/demo.yaml; `--config` takes another YAML file or recipe name).
 The report is rebuilt on every run (it takes seconds). Exit code 0 on success, 1 when a step fails (its name
 and the reason are printed), 2 on bad arguments or config.
 """
@@ -32,12 +33,12 @@ import time
 
 import yaml
 
-from karpalign.config import read_yaml
+from karpalign.config import config_path, read_yaml, recipe_path
 from karpalign.report import layout as L  # the demo folder's layout, shared with the report
+from karpalign.training.run_dir import RunDir
 
 PROG = "karpalign-demo"
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "configs", "demo.yaml")
+DEFAULT_CONFIG = recipe_path("demo")  # karpalign/configs/demo.yaml, package data
 SECTIONS = ("scenes", "extract", "align", "retrieval", "mrf", "caption", "caption_regions", "captions", "serve",
             "report")
 MODEL_NAME = "karpalign"
@@ -68,6 +69,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 def load_demo_config(path: str, quick: bool = False) -> dict:
     """Reads the demo config (and applies its ``quick`` overrides); errors name the file and the key."""
+    path = config_path(path, DemoError, "demo config", hint=" (pass --config)")
     raw = read_yaml(path, DemoError, "demo config", hint=" (pass --config)")
     if not isinstance(raw, dict):
         raise DemoError(f"demo config {path}: expected a mapping of sections, got {type(raw).__name__}")
@@ -180,9 +182,11 @@ def extract(cfg: dict, p: L.Paths) -> None:
                  "--regions", str(e["regions"]), "--crop-size", str(e["crop_size"]),
                  "--batch-size", str(e["batch_size"]), "--shards-per-split", str(e["shards_per_split"]),
                  "--progress-every", "250", "--overwrite"], "karpalign-extract")
-    manifest = _json(os.path.join(p.records, "manifest.json"))
-    if not manifest.get("written") or not manifest.get("counts", {}).get("train"):
-        raise DemoError(f"{p.records}/manifest.json: no training images were written ({manifest.get('counts')})")
+    from karpalign.data import features as F
+
+    manifest = F.read_manifest(p.records)
+    if not manifest.written or not manifest.counts.get("train"):
+        raise DemoError(f"{manifest.path}: no training images were written ({manifest.counts})")
 
 
 def train(cfg: dict, p: L.Paths, section: str, out_dir: str, task: str, on: str | None = None) -> None:
@@ -265,16 +269,11 @@ def export_dir(p: L.Paths) -> str:
 
 def test_images(records_dir: str, split: str, n: int) -> list[dict]:
     """The first n images of a split in record order: image_id, path, boxes (valid regions), references."""
-    from karpalign.data import features as F
     from karpalign.data import pipeline as P
 
-    manifest = F.read_manifest(records_dir)
     out = []
-    for batch in P.image_dataset(records_dir, split, feature_dim=int(manifest["feature_dim"]),
-                                 num_regions=int(manifest["num_regions"]), batch_size=max(1, min(n, 32))):
+    for batch in P.image_dataset(records_dir, split, batch_size=max(1, min(n, 32)), max_images=n):
         for i in range(len(batch["image_id"])):
-            if len(out) >= n:
-                return out
             valid = batch["region_mask"][i].numpy() > 0  # (R,)
             out.append({"image_id": batch["image_id"][i].numpy().decode(),
                         "path": batch["path"][i].numpy().decode(),
@@ -404,16 +403,16 @@ def run_demo(out_dir: str, cfg: dict) -> str:
     steps.run("generate synthetic scenes", lambda: exists(p.dataset), lambda: make_scenes(cfg, p))
     steps.run("extract region features (Beam, EfficientNet-Lite0)",
               lambda: exists(os.path.join(p.records, "manifest.json")), lambda: extract(cfg, p))
-    steps.run("train the alignment model", lambda: exists(os.path.join(p.align, "alignment.keras")),
+    steps.run("train the alignment model", lambda: RunDir(p.align, "align").has_model(),
               lambda: train(cfg, p, "align", p.align, "align"))
     steps.run("retrieval evaluation", lambda: all(exists(p.retrieval_json(s)) for s in cfg["retrieval"]["splits"]),
               lambda: retrieval(cfg, p))
     steps.run("MRF alignment (snippets, accuracy, pictures)", lambda: exists(p.alignment_json),
               lambda: mrf_align(cfg, p))
-    steps.run("train the generator on full images", lambda: exists(os.path.join(p.caption, "generator.keras")),
+    steps.run("train the generator on full images", lambda: RunDir(p.caption, "caption").has_model(),
               lambda: train(cfg, p, "caption", p.caption, "caption", on="images"))
     steps.run("train the generator on region snippets",
-              lambda: exists(os.path.join(p.caption_regions, "generator.keras")),
+              lambda: RunDir(p.caption_regions, "caption").has_model(),
               lambda: train(cfg, p, "caption_regions", p.caption_regions, "caption", on="regions"))
     steps.run(f"caption evaluation ({split} split, beam {'/'.join(map(str, beams))}, nn baseline)",
               lambda: caption_eval_done(cfg, p), lambda: caption_eval(cfg, p))
@@ -435,7 +434,8 @@ def run_demo(out_dir: str, cfg: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"demo config (default {DEFAULT_CONFIG})")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"demo config: a YAML file or a packaged recipe's name (default {DEFAULT_CONFIG})")
     p.add_argument("--quick", action="store_true", help="tiny sizes from the config's `quick` section (~2 min)")
     p.add_argument("--fresh", action="store_true", help="delete the demo folder's earlier outputs and start over")
     args = p.parse_args(argv)

@@ -31,19 +31,14 @@ import sys
 # ----------------------------------------------------------------------------------------------------------
 
 def _retrieval(args) -> dict:
-    import keras
-
-    from karpalign.config import load_config
-    from karpalign.data import features as F
     from karpalign.data import pipeline as P
     from karpalign.evaluation.retrieval import evaluate_retrieval
-    from karpalign.training.tasks import ALIGN_MODEL, embed_split
+    from karpalign.training.run_dir import RunDir
+    from karpalign.training.tasks import embed_split
 
-    model = keras.saving.load_model(os.path.join(args.model_dir, ALIGN_MODEL))
-    cfg = load_config(os.path.join(args.model_dir, "config.yaml"))
-    manifest = F.read_manifest(args.records_dir)
+    run = RunDir(args.model_dir, "align")
+    model, cfg = run.load_alignment(), run.load_config()
     emb = embed_split(model, args.records_dir, args.split, P.vocab_table(args.records_dir),
-                      feature_dim=int(manifest["feature_dim"]), num_regions=int(manifest["num_regions"]),
                       max_words=cfg.data.max_words, max_images=args.max_images)
     result = evaluate_retrieval(emb["v"], emb["v_mask"], emb["s"], emb["s_mask"], emb["image_of_sentence"],
                                 score=args.score or model.score, protocol=args.protocol)
@@ -55,87 +50,9 @@ def _retrieval(args) -> dict:
 # captions
 # ----------------------------------------------------------------------------------------------------------
 
-def read_split_images(records_dir: str, split: str, *, with_features: bool = True,
-                      max_images: int | None = None, batch_size: int = 64) -> dict:
-    """A split's images in file order: ``image_ids`` (N,), ``features`` (N, D) region 0 (or None), ``captions``
-    (N lists of raw reference sentences)."""
-    import numpy as np
-
-    from karpalign.data import features as F
-    from karpalign.data import pipeline as P
-
-    manifest = F.read_manifest(records_dir)
-    out = {"image_ids": [], "features": [], "captions": []}
-    for batch in P.image_dataset(records_dir, split, feature_dim=int(manifest["feature_dim"]),
-                                 num_regions=int(manifest["num_regions"]), batch_size=batch_size):
-        take = len(batch["image_id"])
-        if max_images is not None:
-            take = min(take, max_images - len(out["image_ids"]))
-        out["image_ids"].extend(x.decode() for x in batch["image_id"][:take].numpy())
-        out["captions"].extend([s.decode() for s in caps] for caps in batch["sentences_raw"][:take].to_list())
-        if with_features:
-            out["features"].append(batch["region_features"][:take, 0].numpy())  # (b, D) full frame
-        if max_images is not None and len(out["image_ids"]) >= max_images:
-            break
-    if not out["image_ids"]:
-        raise ValueError(f"split {split!r} in {records_dir} has no images")
-    for image_id, caps in zip(out["image_ids"], out["captions"]):
-        if not caps:
-            raise ValueError(f"image {image_id!r} of split {split!r} in {records_dir} has no reference sentences")
-    out["features"] = np.concatenate(out["features"]).astype(np.float32) if with_features else None
-    return out
-
-
-def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *, beam_size: int = 7,
-                      max_length: int = 20, alpha: float = 0.0, max_images: int | None = None,
-                      baseline: str | None = None, samples: int = 20, batch_size: int = 64) -> dict:
-    """Full-frame captions of a split, scored against the references; novelty; optional nn baseline."""
-    from karpalign.data import features as F
-    from karpalign.decoding.generate import generate_captions
-    from karpalign.evaluation.captions import nearest_neighbour_captions, score_captions
-
-    manifest = F.read_manifest(records_dir)
-    if int(manifest["feature_dim"]) != int(generator.feature_dim):
-        raise ValueError(f"{records_dir} holds {manifest['feature_dim']}-d features (cnn "
-                         f"{manifest.get('cnn', '?')}) but the generator takes {generator.feature_dim}-d ones")
-    test = read_split_images(records_dir, split, max_images=max_images, batch_size=batch_size)
-    train = read_split_images(records_dir, "train", with_features=baseline == "nn", batch_size=batch_size)
-    train_captions = [c for caps in train["captions"] for c in caps]
-
-    decoded = generate_captions(generator, vocab, test["features"], beam_size=beam_size, max_length=max_length,
-                                alpha=alpha, top_k=1, batch_size=batch_size)
-    generated = [caps[0][0] if caps else "" for caps in decoded]
-    references = dict(zip(test["image_ids"], test["captions"]))
-    result = {
-        "kind": "captions", "split": split,
-        "metrics": score_captions(references, dict(zip(test["image_ids"], generated))),
-        "novelty": _novelty(generated, train_captions),
-    }
-    nn = None
-    if baseline == "nn":
-        nn = nearest_neighbour_captions(train["features"], train["captions"], test["features"])
-        result["baseline"] = {"kind": "nn", "metrics": score_captions(references, dict(zip(test["image_ids"], nn))),
-                              "novelty": _novelty(nn, train_captions)}
-    elif baseline is not None:
-        raise ValueError(f"unknown baseline {baseline!r}; the only one is 'nn'")
-    result["samples"] = [{"image_id": image_id, "generated": generated[n], "references": test["captions"][n],
-                          **({"nn": nn[n]} if nn is not None else {})}
-                         for n, image_id in enumerate(test["image_ids"][:samples])]
-    result["settings"] = {"beam_size": beam_size, "max_length": max_length, "alpha": alpha,
-                          "max_images": max_images, "n_images": len(generated), "n_train_images":
-                          len(train["image_ids"]), "records_dir": records_dir, "image_vector": "region 0 (full frame)"}
-    return result
-
-
-def _novelty(generated, train_captions) -> dict:
-    from karpalign.evaluation.captions import novelty
-
-    found = novelty(generated, train_captions)
-    return {"in_training_set": found, "novel": 1.0 - found}
-
-
 def _captions(args) -> dict:
     from karpalign.decoding.generate import load_generator
+    from karpalign.evaluation.captions import evaluate_captions
 
     generator, vocab = load_generator(args.model_dir)
     result = evaluate_captions(generator, vocab, args.records_dir, args.split, beam_size=args.beam_size,
@@ -220,7 +137,9 @@ def main(argv=None) -> int:
     except RuntimeError as e:  # a metric tool failed (no Java, METEOR died)
         print(f"karpalign-eval: error: {e}", file=sys.stderr)
         return 1
-    out = args.out or os.path.join(args.model_dir, f"eval-{args.kind}-{args.split}.json")
+    from karpalign.training.run_dir import RunDir
+
+    out = args.out or RunDir(args.model_dir).eval_path(args.kind, args.split)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="max generated words (default: config, 20)")
     p.add_argument("--alpha", type=float, default=None, help="length normalisation exponent (default: config, 0)")
     p.add_argument("--top-k", type=int, default=None, help="captions returned per image (default: config, 3)")
-    p.add_argument("--proposer", default="grid", help="in-graph region proposer (only 'grid')")
+    p.add_argument("--proposer", default=None,
+                   help="in-graph region proposer (only 'grid' today); default: the records' own proposer, or a "
+                        "grid of its k (with a warning) when it cannot run in the graph")
     p.add_argument("--regions", type=int, default=None,
-                   help="boxes besides the full image (default: the manifest's grid k or num_regions - 1)")
+                   help="boxes besides the full image (default: the records' proposer k)")
     p.add_argument("--crop-size", type=int, default=None, help="crop side (default: manifest crop_size)")
     p.add_argument("--no-warmup", action="store_true", help="do not write TF Serving warmup requests")
     return p
@@ -52,10 +54,11 @@ def main(argv=None) -> int:
 
     import dataclasses
 
-    from karpalign.export.saved_model import export, read_run_config
+    from karpalign.export.saved_model import export
+    from karpalign.training.run_dir import RunDir
 
     try:
-        decode = read_run_config(args.caption_dir, "caption").decode
+        decode = RunDir(args.caption_dir, "caption").check().load_config().decode
         overrides = {k: getattr(args, k) for k in ("beam_size", "max_length", "alpha", "top_k")
                      if getattr(args, k) is not None}
         decode = dataclasses.replace(decode, **overrides)

@@ -83,10 +83,10 @@ def _neuraltalk(args, beam_args) -> int:
                                       overwrite=args.overwrite)
     except (NeuraltalkError, DatasetError, FileExistsError, ValueError) as exc:
         return _fail(str(exc))
-    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
-    print(f"converted {manifest['written']} images ({counts}) from {args.neuraltalk_features}: "
-          f"{manifest['feature_dim']}-d {manifest['cnn']} features, 1 region each, vocabulary "
-          f"{manifest['vocab_size']} words")
+    counts = ", ".join(f"{k} {v}" for k, v in manifest.counts.items())
+    print(f"converted {manifest.written} images ({counts}) from {args.neuraltalk_features}: "
+          f"{manifest.feature_dim}-d {manifest.cnn} features, 1 region each, vocabulary "
+          f"{manifest.vocab_size} words")
     print(f"outputs: {args.out} (manifest.json, vocab.txt, *.tfrecord.gz)")
     return 0
 
@@ -117,21 +117,21 @@ def main(argv=None) -> int:
     except (ExtractError, DatasetError) as exc:
         return _fail(str(exc))
     m = result.manifest
-    counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
-    print(f"extracted {m['written']} of {m['input_records']} images ({counts}); {m['num_regions']} regions max, "
-          f"{m['feature_dim']}-d features from {m['cnn_spec']} at {m['crop_size']} px; "
-          f"vocabulary {m['vocab_size']} words (train split, min count {m['min_word_count']})")
-    if m["failed"]:
+    counts = ", ".join(f"{k} {v}" for k, v in m.counts.items())
+    print(f"extracted {m.written} of {m.input_records} images ({counts}); {m.num_regions} regions max, "
+          f"{m.feature_dim}-d features from {m.cnn_spec} at {m.crop_size} px; "
+          f"vocabulary {m.vocab_size} words (train split, min count {m.extra.get('min_word_count')})")
+    if m.failed:
         from karpalign.beam.elements import STAGES
 
-        stages = ", ".join(f"{k} {m['failures_by_stage'][k]}" for k in STAGES if k in m["failures_by_stage"])
-        print(f"failed: {m['failed']} images ({stages}); details: {args.out}/{m['dead_letters']}")
+        stages = ", ".join(f"{k} {m.failures_by_stage[k]}" for k in STAGES if k in m.failures_by_stage)
+        print(f"failed: {m.failed} images ({stages}); details: {args.out}/{m.dead_letters}")
     if result.counters:
         print("beam counters: " + ", ".join(f"{k}={v}" for k, v in sorted(result.counters.items())))
-    print(f"outputs: {args.out} (manifest.json, vocab.txt, {{split}}-*.tfrecord.gz, {m['dead_letters']})")
+    print(f"outputs: {args.out} (manifest.json, vocab.txt, {{split}}-*.tfrecord.gz, {m.dead_letters})")
     if not result.acceptable(args.max_failure_fraction):
-        print(f"{PROG}: error: {m['failed']} of {m['input_records']} images failed ({result.failure_fraction:.1%}), "
-              f"more than --max-failure-fraction {args.max_failure_fraction:g}; see {args.out}/{m['dead_letters']}",
+        print(f"{PROG}: error: {m.failed} of {m.input_records} images failed ({result.failure_fraction:.1%}), "
+              f"more than --max-failure-fraction {args.max_failure_fraction:g}; see {args.out}/{m.dead_letters}",
               file=sys.stderr)
         return 1
     return 0

@@ -23,6 +23,7 @@ batch of serialized examples into padded tensors with masks, the shapes of DESIG
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -146,37 +147,206 @@ def shard_pattern(records_dir: str, split: str) -> str:
     return f"{records_dir}/{split}-*.tfrecord.gz"
 
 
-def read_manifest(records_dir: str) -> dict:
-    """The manifest.json written next to the shards (counts, feature_dim, num_regions, cnn, proposer, ...)."""
-    import json
-    import os
-
-    path = os.path.join(records_dir, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {records_dir} the output of karpalign-extract?") from None
-    for key in ("schema_version", "feature_dim", "num_regions", "counts"):
-        if key not in manifest:
-            raise ValueError(f"{path}: field {key!r} missing")
-    if manifest["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {manifest['schema_version']}, this karpalign reads "
-                         f"{SCHEMA_VERSION}; re-run karpalign-extract")
-    return manifest
+# ---- the records manifest -----------------------------------------------------------------------------------
 
 
-def write_manifest(records_dir: str, manifest: dict) -> str:
-    import json
-    import os
+@dataclasses.dataclass(frozen=True)
+class ProposerInfo:
+    """How the records' regions were proposed (the manifest's ``proposer`` object).
 
-    manifest = {"schema_version": SCHEMA_VERSION, **manifest}
-    path = os.path.join(records_dir, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    Attributes:
+        kind: the proposer family: 'grid', 'boxes', 'segments', 'detector', or 'full-image' (one region).
+        k: boxes besides the full image (region 0).
+        spec: the ``--proposer`` spec given to the writer (kind plus options, e.g. 'detector:/models/det').
+        name: the proposer's full name with every setting (e.g. 'grid|k=4'); default ``f"{spec}|k={k}"``.
+    """
+
+    kind: str
+    k: int
+    spec: str = ""
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.kind or not isinstance(self.kind, str):
+            raise ValueError(f"proposer kind must be a non-empty string, got {self.kind!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"proposer k must be an int >= 0, got {self.k!r}")
+        object.__setattr__(self, "spec", self.spec or self.kind)
+        object.__setattr__(self, "name", self.name or f"{self.spec}|k={self.k}")
+
+    @classmethod
+    def from_spec(cls, spec: str, k: int, name: str = "") -> "ProposerInfo":
+        """From an extraction ``--proposer`` spec ('grid', 'segments|scale=50', 'detector:PATH', ...)."""
+        kind = spec.split(":", 1)[0].split("|", 1)[0]
+        return cls(kind=kind, k=int(k), spec=spec, name=name)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_MANIFEST_FIELDS = ("schema_version", "feature_dim", "num_regions", "counts", "proposer", "cnn", "cnn_spec",
+                    "crop_size", "vocab_size", "input_records", "written", "failed", "failures_by_stage",
+                    "dead_letters", "source_records")
+
+
+@dataclasses.dataclass
+class Manifest:
+    """The ``manifest.json`` next to a records folder's shards: what they hold and how they were made.
+
+    Every writer (the Beam job, the neuraltalk converter, the region-snippet writer of karpalign-align, the test
+    fixtures) builds one and every reader (tf.data, training, evaluation, export, the report) reads one; nothing
+    else spells its keys. Fields the code reads are typed; whatever else a writer records (failure counts by
+    stage, dataset path, settings) is kept in ``extra`` and written back unchanged.
+
+    Attributes:
+        feature_dim: D of the region features.
+        num_regions: R, regions per image (region 0 = the full image).
+        counts: images (or snippets) per split.
+        proposer: how the regions were proposed (:class:`ProposerInfo`).
+        cnn / cnn_spec: the backbone's name and the spec that loads it (``karpalign.vision.backbones``); None for
+            features that came from elsewhere (neuraltalk's ``vgg_feats.mat``).
+        crop_size: side of the square crops fed to the CNN, if known.
+        vocab_size: words in ``vocab.txt``.
+        input_records / written / failed: records read, written, and sent to dead letters.
+        failures_by_stage: failed records per extraction stage; dead_letters: the file that lists them.
+        source_records: for region-snippet records, the records folder they were aligned from.
+        schema_version: the TFRecord schema the shards follow (:data:`SCHEMA_VERSION`).
+        extra: every other key of the file.
+        path: the file it was read from (not written).
+    """
+
+    feature_dim: int
+    num_regions: int
+    counts: dict
+    proposer: ProposerInfo
+    cnn: str | None = None
+    cnn_spec: str | None = None
+    crop_size: int | None = None
+    vocab_size: int | None = None
+    input_records: int | None = None
+    written: int | None = None
+    failed: int = 0
+    failures_by_stage: dict = dataclasses.field(default_factory=dict)
+    dead_letters: str | None = None
+    source_records: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = dataclasses.field(default_factory=dict)
+    path: str | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        where = self.path or MANIFEST
+        for name in ("feature_dim", "num_regions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: field {name!r} must be an int >= 1, got {value!r}")
+        if not isinstance(self.counts, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.counts.values()):
+            raise ValueError(f"{where}: field 'counts' must map split names to image counts, got {self.counts!r}")
+        if not isinstance(self.proposer, ProposerInfo):
+            raise ValueError(f"{where}: field 'proposer' must be a ProposerInfo, got {self.proposer!r}")
+        if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
+            raise ValueError(f"{where}: field 'crop_size' must be a positive int or null, got {self.crop_size!r}")
+
+    # ---- JSON ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, data: dict, path: str | None = None) -> "Manifest":
+        """Validates a decoded manifest.json (errors name ``path`` and the field) and checks its schema."""
+        where = path or MANIFEST
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        for key in ("schema_version", "feature_dim", "num_regions", "counts"):
+            if key not in data:
+                raise ValueError(f"{where}: field {key!r} missing")
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise ValueError(f"{where}: schema version {data['schema_version']}, this karpalign reads "
+                             f"{SCHEMA_VERSION}; re-run karpalign-extract")
+        extra = {k: v for k, v in data.items() if k not in _MANIFEST_FIELDS}
+        try:
+            proposer = _read_proposer(data, extra)
+            return cls(**{k: data[k] for k in _MANIFEST_FIELDS if k in data and k != "proposer"},
+                       proposer=proposer, extra=extra, path=path)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+
+    def to_json(self) -> dict:
+        data = {"schema_version": self.schema_version, "feature_dim": self.feature_dim,
+                "num_regions": self.num_regions, "counts": dict(self.counts), "proposer": self.proposer.to_json()}
+        for name in ("cnn", "cnn_spec", "crop_size", "vocab_size", "input_records", "written", "failed",
+                     "failures_by_stage", "dead_letters", "source_records"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return {**self.extra, **data}
+
+    # ---- files --------------------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, records_dir: str) -> "Manifest":
+        """``records_dir/manifest.json``; FileNotFoundError / ValueError name the file."""
+        import os
+
+        path = os.path.join(records_dir, MANIFEST)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: is {records_dir} the output of karpalign-extract?")
+        return cls.read_file(path)
+
+    @classmethod
+    def read_file(cls, path: str) -> "Manifest":
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_json(data, path)
+
+    def write(self, records_dir: str) -> str:
+        import os
+
+        return self.write_file(os.path.join(records_dir, MANIFEST))
+
+    def write_file(self, path: str) -> str:
+        """Writes atomically (a temporary file renamed into place); returns ``path``."""
+        import json
+        import os
+
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        return path
+
+
+def _read_proposer(data: dict, extra: dict) -> ProposerInfo:
+    """The ``proposer`` object; older manifests wrote it flat (``proposer`` spec, ``proposer_k``, ``proposer_name``)."""
+    value = data.get("proposer")
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in dataclasses.fields(ProposerInfo)}
+        if unknown:
+            raise ValueError(f"field 'proposer' has unknown keys {sorted(unknown)}")
+        return ProposerInfo(**value)
+    k = extra.pop("proposer_k", None)
+    name = extra.pop("proposer_name", None) or ""
+    if value is None:  # features with one region per image and no proposer recorded
+        return ProposerInfo(kind="full-image", k=0)
+    if not isinstance(value, str):
+        raise ValueError(f"field 'proposer' must be an object or a spec string, got {value!r}")
+    return ProposerInfo.from_spec(value, int(k) if k is not None else int(data["num_regions"]) - 1, name)
+
+
+def read_manifest(records_dir: str) -> Manifest:
+    """The :class:`Manifest` written next to the shards (FileNotFoundError / ValueError name the file)."""
+    return Manifest.read(records_dir)
+
+
+def write_manifest(records_dir: str, manifest: Manifest | dict) -> str:
+    """Writes ``records_dir/manifest.json`` from a :class:`Manifest` (or a dict of its JSON form, validated)."""
+    if isinstance(manifest, dict):
+        manifest = Manifest.from_json({"schema_version": SCHEMA_VERSION, **manifest})
+    return manifest.write(records_dir)
 
 
 def write_shards(examples, records_dir: str, split: str, num_shards: int = 1) -> int:

@@ -116,16 +116,13 @@ def convert_neuraltalk(dataset: str, feats_path: str, out_dir: str, *, min_word_
     vocab = Vocabulary.build(iter_train_tokens(records), min_count=min_word_count)
     vocab.save(os.path.join(out_dir, F.VOCAB))
     written = sum(counts.values())
-    F.write_manifest(out_dir, {
-        "feature_dim": int(dim), "num_regions": 1, "counts": counts,
-        "cnn": CNN_NAME, "cnn_spec": None, "crop_size": None,
-        "proposer": PROPOSER_NAME, "proposer_k": 0,
-        "input_records": written, "written": written, "failed": 0, "failures_by_stage": {},
-        "dead_letters": None, "dataset": os.path.abspath(dataset), "features_file": os.path.abspath(feats_path),
-        "min_word_count": min_word_count, "fold_restval": fold_restval, "vocab": F.VOCAB,
-        "vocab_size": len(vocab), "shards_per_split": shards_per_split,
-        "empty_captions_dropped": report.empty_captions,
-    })
+    F.Manifest(
+        feature_dim=int(dim), num_regions=1, counts=counts, proposer=F.ProposerInfo(kind=PROPOSER_NAME, k=0),
+        cnn=CNN_NAME, vocab_size=len(vocab), input_records=written, written=written, failed=0,
+        extra={"dataset": os.path.abspath(dataset), "features_file": os.path.abspath(feats_path),
+               "min_word_count": min_word_count, "fold_restval": fold_restval, "vocab": F.VOCAB,
+               "shards_per_split": shards_per_split, "empty_captions_dropped": report.empty_captions},
+    ).write(out_dir)
     return F.read_manifest(out_dir)
 
 

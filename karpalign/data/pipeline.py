@@ -66,38 +66,45 @@ def _explode_pairs(batch, table, max_words):
     }
 
 
-def pair_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int, num_regions: int,
-                 max_words: int, global_batch_size: int, input_context=None, shuffle: bool = True,
-                 image_shuffle_buffer: int = 2000, seed: int = 0, repeat: bool = True):
-    """Image–sentence pairs for the alignment task, batched per replica.
+def pair_dataset(records_dir: str, split: str, vocab_table, *, max_words: int, global_batch_size: int,
+                 input_context=None, shuffle: bool = True, image_shuffle_buffer: int = 2000, seed: int = 0,
+                 repeat: bool = True, max_images: int | None = None):
+    """Image–sentence pairs for the alignment task, batched per replica (shapes from the records' manifest).
+
+    ``max_images`` keeps the first N images (in file order, before shuffling) with all their sentences.
 
     Repeated (training) streams drop the last partial batch so every replica sees equal shapes; a single pass
     (evaluation) keeps it, so no example is left out.
     """
+    manifest = F.read_manifest(records_dir)
     batch = (input_context.get_per_replica_batch_size(global_batch_size) if input_context else global_batch_size)
     ds = _records(records_dir, split, input_context, shuffle, seed)
+    if max_images is not None:
+        ds = ds.take(_check_max_images(max_images))
     if repeat:
         ds = ds.repeat()
     if shuffle:
         ds = ds.shuffle(image_shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(64).map(lambda s: F.parse_examples(s, feature_dim, num_regions), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(64).map(lambda s: F.parse_examples(s, manifest.feature_dim, manifest.num_regions),
+                          num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda b: _explode_pairs(b, vocab_table, max_words), num_parallel_calls=AUTOTUNE).unbatch()
     if shuffle:
         ds = ds.shuffle(max(4 * global_batch_size, 256), seed=seed + 1, reshuffle_each_iteration=True)
     return ds.batch(batch, drop_remainder=repeat).prefetch(AUTOTUNE)
 
 
-def caption_dataset(records_dir: str, split: str, vocab_table, *, feature_dim: int, num_regions: int,
-                    max_words: int, global_batch_size: int, input_context=None, shuffle: bool = True,
-                    image_shuffle_buffer: int = 2000, seed: int = 0, repeat: bool = True):
+def caption_dataset(records_dir: str, split: str, vocab_table, *, max_words: int, global_batch_size: int,
+                    input_context=None, shuffle: bool = True, image_shuffle_buffer: int = 2000, seed: int = 0,
+                    repeat: bool = True, max_images: int | None = None):
     """(image vector, caption) pairs for the generator: region 0 of each example is its image vector.
 
     For full-image records region 0 is the full frame; region-snippet records hold one region. Inputs are
     ``<start> w1 .. wn`` and targets ``w1 .. wn <end>`` (both max_words + 1 long).
     """
-    pairs = pair_dataset(records_dir, split, vocab_table, feature_dim=feature_dim, num_regions=num_regions,
-                         max_words=max_words, global_batch_size=global_batch_size, input_context=input_context,
-                         shuffle=shuffle, image_shuffle_buffer=image_shuffle_buffer, seed=seed, repeat=repeat)
+    pairs = pair_dataset(records_dir, split, vocab_table, max_words=max_words,
+                         global_batch_size=global_batch_size, input_context=input_context,
+                         shuffle=shuffle, image_shuffle_buffer=image_shuffle_buffer, seed=seed, repeat=repeat,
+                         max_images=max_images)
     return pairs.map(to_caption_batch, num_parallel_calls=AUTOTUNE)
 
 
@@ -112,11 +119,24 @@ def to_caption_batch(pairs):
             "target_mask": tf.cast(targets != PAD_ID, tf.float32), "image_key": pairs["image_key"]}
 
 
-def image_dataset(records_dir: str, split: str, *, feature_dim: int, num_regions: int, batch_size: int = 64):
-    """Parsed images in file order (for evaluation, embedding and alignment), not repeated."""
+def image_dataset(records_dir: str, split: str, *, batch_size: int = 64, max_images: int | None = None):
+    """Parsed images in file order (for evaluation, embedding and alignment), not repeated.
+
+    ``max_images`` keeps the first N images of the split (the last batch may be short). Shapes come from the
+    records' manifest.
+    """
+    manifest = F.read_manifest(records_dir)
     ds = _records(records_dir, split, None, False, 0)
-    return ds.batch(batch_size).map(lambda s: F.parse_examples(s, feature_dim, num_regions),
+    if max_images is not None:
+        ds = ds.take(_check_max_images(max_images))
+    return ds.batch(batch_size).map(lambda s: F.parse_examples(s, manifest.feature_dim, manifest.num_regions),
                                     num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _check_max_images(max_images) -> int:
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be an int >= 1 or None, got {max_images!r}")
+    return max_images
 
 
 def vocab_table(records_dir: str):

@@ -9,22 +9,18 @@ Two layers, so that graph code and Python code share one decoding path:
   into text with :meth:`Vocabulary.decode`. :func:`generate_captions` is the one-call form used by the
   evaluation CLIs.
 
-:func:`load_generator` opens a ``karpalign-train --task caption`` run folder (``generator.keras`` and
-``vocab.txt``) with errors that name the missing file.
+:func:`load_generator` opens a ``karpalign-train --task caption`` run folder
+(:meth:`karpalign.training.run_dir.RunDir.load_generator`) with errors that name the missing file.
 """
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow as tf
 
 from karpalign.data.text import END_ID, START_ID, Vocabulary
 from karpalign.decoding.beam_search import BeamResult, beam_search
-
-GENERATOR_FILE = "generator.keras"
-VOCAB_FILE = "vocab.txt"
 
 
 def decode_image_vectors(generator, image_vecs, *, beam_size: int, max_length: int, alpha: float = 0.0,
@@ -106,32 +102,10 @@ def generate_captions(generator, vocab: Vocabulary, image_vecs, *, beam_size: in
 
 
 def load_generator(run_dir: str):
-    """A caption run folder -> (generator, vocab); FileNotFoundError / ValueError name the bad file."""
-    import keras
+    """A caption run folder -> (generator, vocab); errors name the bad file (see :class:`RunDir`)."""
+    from karpalign.training.run_dir import RunDir
 
-    import karpalign.models.mrnn_decoder  # noqa: F401  (registers MRNNDecoder for deserialization)
-
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"{run_dir}: caption model folder does not exist")
-    paths = {name: os.path.join(run_dir, name) for name in (GENERATOR_FILE, VOCAB_FILE)}
-    for path in paths.values():
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: is {run_dir} the output of "
-                                    "`karpalign-train --task caption`?")
-    try:
-        generator = keras.saving.load_model(paths[GENERATOR_FILE], compile=False)
-    except Exception as exc:
-        raise ValueError(f"{paths[GENERATOR_FILE]}: cannot load the Keras model "
-                         f"({type(exc).__name__}: {exc})") from exc
-    for attr in ("initial_state", "step", "vocab_size", "feature_dim"):
-        if not hasattr(generator, attr):
-            raise ValueError(f"{paths[GENERATOR_FILE]}: {type(generator).__name__} is not a caption generator "
-                             f"(no {attr!r}); pass a `--task caption` run folder")
-    vocab = Vocabulary.load(paths[VOCAB_FILE])
-    if len(vocab) != int(generator.vocab_size):
-        raise ValueError(f"{paths[VOCAB_FILE]}: {len(vocab)} words, but {paths[GENERATOR_FILE]} predicts "
-                         f"{generator.vocab_size}")
-    return generator, vocab
+    return RunDir(run_dir, "caption").load_generator()
 
 
 def _check_settings(*, beam_size, max_length, alpha, top_k) -> None:

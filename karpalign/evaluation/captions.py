@@ -348,3 +348,73 @@ def nearest_neighbour_captions(train_feats, train_captions: Sequence[Sequence[st
     for n in dict.fromkeys(neighbours.tolist()):  # each distinct neighbour once, in first-seen order
         chosen[n] = consensus_caption_index(train_captions[n]) if consensus else 0
     return [train_captions[n][chosen[n]] for n in neighbours.tolist()]
+
+
+# ---- a generator's captions of a records split ----------------------------------------------------------
+
+def read_split_images(records_dir: str, split: str, *, with_features: bool = True,
+                      max_images: int | None = None, batch_size: int = 64) -> dict:
+    """A split's images in file order: ``image_ids`` (N,), ``features`` (N, D) region 0 (or None), ``captions``
+    (N lists of raw reference sentences)."""
+    import numpy as np
+
+    from karpalign.data import pipeline as P
+
+    out = {"image_ids": [], "features": [], "captions": []}
+    for batch in P.image_dataset(records_dir, split, batch_size=batch_size, max_images=max_images):
+        out["image_ids"].extend(x.decode() for x in batch["image_id"].numpy())
+        out["captions"].extend([s.decode() for s in caps] for caps in batch["sentences_raw"].to_list())
+        if with_features:
+            out["features"].append(batch["region_features"][:, 0].numpy())  # (b, D) full frame
+    if not out["image_ids"]:
+        raise ValueError(f"split {split!r} in {records_dir} has no images")
+    for image_id, caps in zip(out["image_ids"], out["captions"]):
+        if not caps:
+            raise ValueError(f"image {image_id!r} of split {split!r} in {records_dir} has no reference sentences")
+    out["features"] = np.concatenate(out["features"]).astype(np.float32) if with_features else None
+    return out
+
+
+def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *, beam_size: int = 7,
+                      max_length: int = 20, alpha: float = 0.0, max_images: int | None = None,
+                      baseline: str | None = None, samples: int = 20, batch_size: int = 64) -> dict:
+    """Full-frame captions of a split, scored against the references; novelty; optional nn baseline."""
+    from karpalign.data import features as F
+    from karpalign.decoding.generate import generate_captions
+
+    manifest = F.read_manifest(records_dir)
+    if manifest.feature_dim != int(generator.feature_dim):
+        raise ValueError(f"{records_dir} holds {manifest.feature_dim}-d features (cnn "
+                         f"{manifest.cnn or '?'}) but the generator takes {generator.feature_dim}-d ones")
+    test = read_split_images(records_dir, split, max_images=max_images, batch_size=batch_size)
+    train = read_split_images(records_dir, "train", with_features=baseline == "nn", batch_size=batch_size)
+    train_captions = [c for caps in train["captions"] for c in caps]
+
+    decoded = generate_captions(generator, vocab, test["features"], beam_size=beam_size, max_length=max_length,
+                                alpha=alpha, top_k=1, batch_size=batch_size)
+    generated = [caps[0][0] if caps else "" for caps in decoded]
+    references = dict(zip(test["image_ids"], test["captions"]))
+    result = {
+        "kind": "captions", "split": split,
+        "metrics": score_captions(references, dict(zip(test["image_ids"], generated))),
+        "novelty": _novelty(generated, train_captions),
+    }
+    nn = None
+    if baseline == "nn":
+        nn = nearest_neighbour_captions(train["features"], train["captions"], test["features"])
+        result["baseline"] = {"kind": "nn", "metrics": score_captions(references, dict(zip(test["image_ids"], nn))),
+                              "novelty": _novelty(nn, train_captions)}
+    elif baseline is not None:
+        raise ValueError(f"unknown baseline {baseline!r}; the only one is 'nn'")
+    result["samples"] = [{"image_id": image_id, "generated": generated[n], "references": test["captions"][n],
+                          **({"nn": nn[n]} if nn is not None else {})}
+                         for n, image_id in enumerate(test["image_ids"][:samples])]
+    result["settings"] = {"beam_size": beam_size, "max_length": max_length, "alpha": alpha,
+                          "max_images": max_images, "n_images": len(generated), "n_train_images":
+                          len(train["image_ids"]), "records_dir": records_dir, "image_vector": "region 0 (full frame)"}
+    return result
+
+
+def _novelty(generated, train_captions) -> dict:
+    found = novelty(generated, train_captions)
+    return {"in_training_set": found, "novel": 1.0 - found}

@@ -55,13 +55,13 @@ def parse_boxes(text: str) -> np.ndarray:
 def extraction_settings(records_dir: str) -> tuple[str, int, dict]:
     """(backbone spec, crop size, manifest) of the records written by ``karpalign-extract``."""
     manifest = F.read_manifest(records_dir)
-    missing = [k for k in ("cnn_spec", "crop_size") if k not in manifest]
+    missing = [k for k in ("cnn_spec", "crop_size") if getattr(manifest, k) is None]
     if missing:
-        hint = (f"; these look like region-snippet records, use their source records {manifest['source_records']}"
-                if "source_records" in manifest else "")
+        hint = (f"; these look like region-snippet records, use their source records {manifest.source_records}"
+                if manifest.source_records else "")
         raise ValueError(f"{records_dir}/{F.MANIFEST} has no {' / '.join(missing)}: pass the records folder "
                          f"written by karpalign-extract{hint}")
-    return str(manifest["cnn_spec"]), int(manifest["crop_size"]), manifest
+    return manifest.cnn_spec, manifest.crop_size, manifest
 
 
 def caption_boxes(captioner: CaptionGenerator, backbone, image: np.ndarray, boxes, crop_size: int) -> list[dict]:
@@ -104,22 +104,18 @@ def ground_truth_regions(records_dir: str, dataset_json: str, split: str, *, max
     from karpalign.data.records import read_karpathy_json
 
     manifest = F.read_manifest(records_dir)
-    proposer = str(manifest.get("proposer", ""))
+    proposer = manifest.proposer.kind
     if proposer != GROUND_TRUTH_PROPOSER:
-        raise ValueError(f"{records_dir}/{F.MANIFEST}: proposer is {proposer or 'not recorded'!r}, but region "
+        raise ValueError(f"{records_dir}/{F.MANIFEST}: proposer is {proposer!r}, but region "
                          f"caption evaluation needs records extracted with --proposer {GROUND_TRUTH_PROPOSER} "
                          "(region r = ground-truth box r-1)")
     truth = {r.image_id: r for r in read_karpathy_json(dataset_json, check_images=False)}
-    feature_dim, num_regions = int(manifest["feature_dim"]), int(manifest["num_regions"])
     out = {"keys": [], "features": [], "references": {}, "boxes": {}, "images": 0, "boxes_total": 0,
            "boxes_without_phrases": 0, "boxes_not_extracted": 0}
-    for batch in P.image_dataset(records_dir, split, feature_dim=feature_dim, num_regions=num_regions,
-                                 batch_size=batch_size):
+    for batch in P.image_dataset(records_dir, split, batch_size=batch_size, max_images=max_images):
         feats, boxes = batch["region_features"].numpy(), batch["boxes"].numpy()  # (B, R, D), (B, R, 4)
         n_regions = batch["region_mask"].numpy().sum(axis=1).astype(int)  # (B,)
         for i, image_id in enumerate(x.decode() for x in batch["image_id"].numpy()):
-            if max_images is not None and out["images"] >= max_images:
-                break
             record = truth.get(image_id)
             if record is None:
                 raise ValueError(f"image {image_id!r} of {records_dir} (split {split!r}) is not in {dataset_json}")
@@ -178,8 +174,8 @@ def evaluate_region_captions(generator, vocab, records_dir: str, dataset_json: s
     if len(vocab) != int(generator.vocab_size):
         raise ValueError(f"the vocabulary has {len(vocab)} words but the generator predicts {generator.vocab_size}")
     manifest = F.read_manifest(records_dir)
-    if int(manifest["feature_dim"]) != int(generator.feature_dim):
-        raise ValueError(f"{records_dir} holds {manifest['feature_dim']}-d region features but the generator takes "
+    if manifest.feature_dim != int(generator.feature_dim):
+        raise ValueError(f"{records_dir} holds {manifest.feature_dim}-d region features but the generator takes "
                          f"{generator.feature_dim}-d ones")
     regions = ground_truth_regions(records_dir, dataset_json, split, max_images=max_images, batch_size=batch_size)
     captioner = CaptionGenerator(generator, vocab, beam_size=beam_size, max_length=max_length, alpha=alpha,

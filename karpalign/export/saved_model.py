@@ -14,9 +14,8 @@ are not integers) and renamed to ``VERSION`` only when complete, so a server nev
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -24,16 +23,15 @@ import uuid
 import numpy as np
 import yaml
 
-from karpalign.config import ConfigError, DecodeConfig, load_config, to_dict
+from karpalign.config import DecodeConfig, to_dict
 from karpalign.data import features as F
 from karpalign.data.text import Vocabulary
 from karpalign.export.export_module import ExportModule
+from karpalign.training.run_dir import RunDir
 
-ALIGN_MODEL = "alignment.keras"  # the names karpalign.training.tasks writes
-CAPTION_MODEL = "generator.keras"
-RUN_MANIFEST = "records_manifest.json"
-RUN_CONFIG = "config.yaml"
-PROPOSERS = ("grid",)  # proposers that can live in the graph as constants
+log = logging.getLogger(__name__)
+
+IN_GRAPH_PROPOSERS = ("grid",)  # proposers that can live in the graph as constants
 
 
 def next_version(model_dir: str) -> int:
@@ -48,85 +46,53 @@ def next_version(model_dir: str) -> int:
 # ---- reading the training runs ------------------------------------------------------------------------------
 
 
-def _require_file(run_dir: str, name: str, what: str) -> str:
-    path = os.path.join(run_dir, name)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"{run_dir}: {what} run folder does not exist")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {run_dir} the output of karpalign-train ({what})?")
-    return path
+def _in_graph_proposer(manifest: F.Manifest, proposer: str | None, regions: int | None) -> tuple[str, int, str]:
+    """(proposer kind, k, note) for serving_default: ``proposer``/``regions`` if given, else the records' own.
+
+    Only a grid can run in the graph today. When the records were made by another proposer and no ``proposer``
+    was asked for, the export uses a grid of the same k and says so (the note, logged and kept in the config
+    asset), because the served model then sees different regions than it was trained on.
+    """
+    if regions is not None and (isinstance(regions, bool) or not isinstance(regions, int) or regions < 0):
+        raise ValueError(f"regions must be an int >= 0 (boxes besides the full image), got {regions!r}")
+    records = manifest.proposer
+    kind = proposer or records.kind
+    k = regions if regions is not None else records.k
+    if kind not in IN_GRAPH_PROPOSERS:
+        if proposer:
+            raise ValueError(f"proposer {proposer!r} cannot run inside the serving graph; use one of "
+                             f"{IN_GRAPH_PROPOSERS}")
+        note = (f"the records were made with the {records.name!r} proposer, which cannot run inside the serving "
+                f"graph: serving_default crops a grid of {k} boxes (+ the full image) instead, so served features "
+                f"differ from the training ones (pass --proposer grid to choose this explicitly)")
+        log.warning("%s: %s", manifest.path or "records manifest", note)
+        return "grid", k, note
+    return kind, k, ""
 
 
-def _load_keras(path: str):
-    import keras
-
-    # Importing the model modules registers their classes for deserialization.
-    import karpalign.models.alignment_model  # noqa: F401
-    import karpalign.models.mrnn_decoder  # noqa: F401
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot load the Keras model ({type(exc).__name__}: {exc})") from exc
-
-
-def read_run_config(run_dir: str, what: str):
-    """The resolved config.yaml a karpalign-train run wrote (errors name the file)."""
-    path = _require_file(run_dir, RUN_CONFIG, what)
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _read_manifest(align_dir: str, records_dir: str | None) -> tuple[dict, str]:
-    """The records manifest: from ``records_dir`` if given, else the copy the alignment run kept."""
-    if records_dir:
-        return F.read_manifest(records_dir), os.path.join(records_dir, F.MANIFEST)
-    path = _require_file(align_dir, RUN_MANIFEST, "align")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f), path
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _grid_k(manifest: dict, regions: int | None) -> int:
-    """Boxes besides the full image: --regions, else the manifest's grid k, else its num_regions - 1."""
-    if regions is not None:
-        if isinstance(regions, bool) or not isinstance(regions, int) or regions < 0:
-            raise ValueError(f"regions must be an int >= 0 (boxes besides the full image), got {regions!r}")
-        return regions
-    match = re.fullmatch(r"grid\|k=(\d+)", str(manifest.get("proposer", "")))
-    if match:
-        return int(match.group(1))
-    return max(int(manifest["num_regions"]) - 1, 0)
-
-
-def _image_path(manifest: dict, manifest_path: str, feature_dim: int, proposer: str, regions: int | None,
-                crop_size: int | None):
+def _image_path(manifest: F.Manifest, feature_dim: int, kind: str, k: int, crop_size: int | None):
     """(backbone, boxes (R, 4), crop size) for serving_default, built from the records manifest."""
     from karpalign.vision.backbones import get_backbone
     from karpalign.vision.proposers import GridProposer
 
-    if proposer not in PROPOSERS:
-        raise ValueError(f"proposer {proposer!r} cannot run inside the serving graph; use one of {PROPOSERS}")
-    spec = manifest.get("cnn_spec") or manifest.get("cnn")
+    where = manifest.path or "records manifest"
+    spec = manifest.cnn_spec or manifest.cnn
     if not spec:
-        raise ValueError(f"{manifest_path}: field 'cnn_spec' missing: serving_default needs the backbone that "
+        raise ValueError(f"{where}: field 'cnn_spec' missing: serving_default needs the backbone that "
                          "extracted the features (pass --records-dir of the karpalign-extract output)")
     try:
         backbone = get_backbone(spec)
     except (ValueError, FileNotFoundError) as exc:
-        raise ValueError(f"{manifest_path}: cnn_spec {spec!r} cannot be loaded: {exc}") from exc
+        raise ValueError(f"{where}: cnn_spec {spec!r} cannot be loaded: {exc}") from exc
     if backbone.feature_dim != feature_dim:
-        raise ValueError(f"{manifest_path}: backbone {spec!r} gives {backbone.feature_dim}-d features, but the "
+        raise ValueError(f"{where}: backbone {spec!r} gives {backbone.feature_dim}-d features, but the "
                          f"manifest says feature_dim={feature_dim}")
-    size = int(crop_size or manifest.get("crop_size") or backbone.input_size[0])
+    size = int(crop_size or manifest.crop_size or backbone.input_size[0])
     if backbone.fixed_size and (size, size) != tuple(backbone.input_size):
-        raise ValueError(f"{manifest_path}: backbone {spec!r} only accepts {backbone.input_size} inputs, "
+        raise ValueError(f"{where}: backbone {spec!r} only accepts {backbone.input_size} inputs, "
                          f"crop size is {size}")
-    boxes = GridProposer(_grid_k(manifest, regions)).propose()  # (1 + K, 4), full image first
+    assert kind == "grid", kind  # _in_graph_proposer admits only in-graph proposers
+    boxes = GridProposer(k).propose()  # (1 + K, 4), full image first
     return backbone, boxes, size
 
 
@@ -140,7 +106,7 @@ def _check_same_vocab(align_vocab: str, caption_vocab: str) -> Vocabulary:
 
 
 def build_export_module(align_dir: str, caption_dir: str, records_dir: str | None = None, *,
-                        decode: DecodeConfig | None = None, proposer: str = "grid", regions: int | None = None,
+                        decode: DecodeConfig | None = None, proposer: str | None = None, regions: int | None = None,
                         crop_size: int | None = None, with_images: bool = True,
                         config_dir: str | None = None) -> ExportModule:
     """Loads both runs, checks they fit together and builds the :class:`ExportModule`.
@@ -150,35 +116,38 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
         records_dir: records folder whose manifest names the backbone (``cnn_spec``) and ``crop_size``; default
             the manifest copy in ``align_dir``.
         decode: beam settings; default the caption run's ``decode`` config.
-        proposer / regions / crop_size: the in-graph region proposal (grid of ``regions`` boxes + full image).
+        proposer / regions / crop_size: the in-graph region proposal; default the records' own proposer and k
+            (from the manifest), a grid of the same k (with a warning) when that proposer cannot run in the graph.
         with_images: False exports without ``serving_default`` (no backbone needed).
         config_dir: where to write the resolved config asset (default: a new temporary folder).
     """
-    align_cfg, caption_cfg = read_run_config(align_dir, "align"), read_run_config(caption_dir, "caption")
-    alignment = _load_keras(_require_file(align_dir, ALIGN_MODEL, "align"))
-    generator = _load_keras(_require_file(caption_dir, CAPTION_MODEL, "caption"))
-    vocab_path = _require_file(align_dir, F.VOCAB, "align")
-    _check_same_vocab(vocab_path, _require_file(caption_dir, F.VOCAB, "caption"))
-    manifest, manifest_path = _read_manifest(align_dir, records_dir)
-    if "feature_dim" not in manifest:
-        raise ValueError(f"{manifest_path}: field 'feature_dim' missing")
-    feature_dim = int(manifest["feature_dim"])
+    align_run, caption_run = RunDir(align_dir, "align").check(), RunDir(caption_dir, "caption").check()
+    align_cfg, caption_cfg = align_run.load_config(), caption_run.load_config()
+    alignment, generator = align_run.load_alignment(), caption_run.load_generator()[0]
+    vocab_path = align_run.require(F.VOCAB)
+    _check_same_vocab(vocab_path, caption_run.require(F.VOCAB))
+    manifest = F.read_manifest(records_dir) if records_dir else align_run.load_manifest()
+    feature_dim = manifest.feature_dim
     region_dim = int(alignment.region_embedding.proj.kernel.shape[0])  # D of the W_m projection
     if region_dim != feature_dim:
-        raise ValueError(f"{align_dir}: the alignment model takes {region_dim}-d regions, {manifest_path} has "
+        raise ValueError(f"{align_dir}: the alignment model takes {region_dim}-d regions, {manifest.path} has "
                          f"feature_dim={feature_dim}")
     if generator.feature_dim != feature_dim:
-        raise ValueError(f"{caption_dir}: the generator takes {generator.feature_dim}-d images, {manifest_path} "
+        raise ValueError(f"{caption_dir}: the generator takes {generator.feature_dim}-d images, {manifest.path} "
                          f"has feature_dim={feature_dim}")
     decode = decode or caption_cfg.decode
     backbone = boxes = size = None
+    kind = k = None
+    note = ""
     if with_images:
-        backbone, boxes, size = _image_path(manifest, manifest_path, feature_dim, proposer, regions, crop_size)
+        kind, k, note = _in_graph_proposer(manifest, proposer, regions)
+        backbone, boxes, size = _image_path(manifest, feature_dim, kind, k, crop_size)
 
     resolved = {"align_run": os.path.abspath(align_dir), "caption_run": os.path.abspath(caption_dir),
-                "manifest": manifest, "decode": dataclasses.asdict(decode),
+                "manifest": manifest.to_json(), "decode": dataclasses.asdict(decode),
                 "backbone": backbone.name if backbone else None, "crop_size": size,
-                "proposer": f"{proposer}|k={len(boxes) - 1}" if boxes is not None else None,
+                "proposer": f"{kind}|k={k}" if boxes is not None else None,
+                "records_proposer": manifest.proposer.name, "proposer_note": note or None,
                 "boxes": np.asarray(boxes).tolist() if boxes is not None else None,
                 "max_words": align_cfg.data.max_words,
                 "align_config": to_dict(align_cfg), "caption_config": to_dict(caption_cfg)}
@@ -278,7 +247,7 @@ def write_saved_model(module: ExportModule, export_base: str, model_name: str = 
 
 def export(align_dir: str, caption_dir: str, export_base: str, *, records_dir: str | None = None,
            model_name: str = "karpalign", version: int | None = None, decode: DecodeConfig | None = None,
-           proposer: str = "grid", regions: int | None = None, crop_size: int | None = None,
+           proposer: str | None = None, regions: int | None = None, crop_size: int | None = None,
            warmup: bool = True) -> str:
     """Builds the module from the runs and writes ``export_base/model_name/version``; returns that folder."""
     with tempfile.TemporaryDirectory(prefix="karpalign-export-") as config_dir:

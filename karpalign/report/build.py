@@ -24,6 +24,7 @@ import shutil
 import sys
 import urllib.parse
 
+from karpalign.data import features as F
 from karpalign.report import layout as L
 
 RECALLS = ("R@1", "R@5", "R@10")
@@ -127,15 +128,17 @@ def chance_t2i(n_images: int) -> tuple[list[float], float]:
 
 
 def section_data(p: L.Paths) -> str:
-    manifest = _load(os.path.join(p.records, "manifest.json"))
-    if manifest is None:
-        return _note(f"{p.records}/manifest.json not found: no feature extraction in this run")
-    counts = manifest.get("counts", {})
-    rows = [(split, [_e(n)], "") for split, n in counts.items()]
-    info = (f"{_e(manifest.get('cnn_spec', manifest.get('cnn', '?')))} features "
-            f"({_e(manifest.get('feature_dim', '?'))}-d) of up to {_e(manifest.get('num_regions', '?'))} regions "
-            f"per image (proposer {_e(manifest.get('proposer', '?'))}, crops {_e(manifest.get('crop_size', '?'))} px); "
-            f"vocabulary {_e(manifest.get('vocab_size', '?'))} words from the training split.")
+    if not os.path.isfile(os.path.join(p.records, F.MANIFEST)):
+        return _note(f"{p.records}/{F.MANIFEST} not found: no feature extraction in this run")
+    try:
+        manifest = F.read_manifest(p.records)
+    except ValueError as exc:
+        return _note(str(exc))
+    rows = [(split, [_e(n)], "") for split, n in manifest.counts.items()]
+    info = (f"{_e(manifest.cnn_spec or manifest.cnn or '?')} features "
+            f"({_e(manifest.feature_dim)}-d) of up to {_e(manifest.num_regions)} regions "
+            f"per image (proposer {_e(manifest.proposer.name)}, crops {_e(manifest.crop_size or '?')} px); "
+            f"vocabulary {_e(manifest.vocab_size or '?')} words from the training split.")
     return f"<p>{info}</p>\n" + _table("counts", ["split", "images"], rows)
 
 

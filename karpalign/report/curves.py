@@ -10,7 +10,6 @@ Two sources, both written by :mod:`karpalign.training.loop` and nothing added to
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import matplotlib
@@ -18,33 +17,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from karpalign.training.run_dir import RunDir  # noqa: E402
+
 # Validation metrics worth a line, per task (first found wins the right-hand axis label).
 VAL_METRICS = ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "perplexity")
 
 
 def read_history(run_dir: str) -> list[dict]:
     """The validation records of a run (empty when the run never validated); bad lines name file and line."""
-    path = os.path.join(run_dir, "history.jsonl")
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or "step" not in row:
-                raise ValueError(f"{path} line {n}: expected an object with a 'step' field, got {line.strip()[:80]}")
-            rows.append(row)
-    return rows
+    return RunDir(run_dir).read_history()
 
 
 def read_scalars(run_dir: str, tag: str = "train/loss") -> list[tuple[int, float]]:
     """(step, value) of one scalar tag from the run's TensorBoard event files, sorted by step (last write wins)."""
-    files = sorted(glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*")))
+    files = sorted(glob.glob(os.path.join(RunDir(run_dir).tensorboard_dir, "events.out.tfevents.*")))
     if not files:
         return []
     import tensorflow as tf

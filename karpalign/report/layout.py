@@ -2,7 +2,7 @@
 
     <run>/scenes/dataset.json            synthetic scenes (karpalign-make-scenes)
     <run>/records/                       region features, vocab, manifest (karpalign-extract)
-    <run>/align/                         alignment model run (history.jsonl, tensorboard/, alignment.keras)
+    <run>/align/                         alignment model run (a karpalign.training.run_dir.RunDir)
     <run>/align/eval-retrieval-<split>.json
     <run>/regions/                       MRF snippets, alignment.json, pictures/ (karpalign-align)
     <run>/caption/                       generator on full images (+ eval-captions-<split>-beam<k>.json, -nn.json)
@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import os
+
+from karpalign.training.run_dir import RunDir
 
 TIMINGS = "timings.json"
 SERVED = "served.json"
@@ -46,16 +48,16 @@ class Paths:
         self.report = j(REPORT_DIR)
 
     def retrieval_json(self, split: str) -> str:
-        return os.path.join(self.align, f"eval-retrieval-{split}.json")
+        return RunDir(self.align).eval_path("retrieval", split)
 
     def captions_json(self, run_dir: str, split: str, beam_size: int | None) -> str:
         """Caption metrics of a generator run at one beam size; ``beam_size=None``: the nearest-neighbour baseline."""
         kind = "nn" if beam_size is None else f"beam{beam_size}"
-        return os.path.join(run_dir, f"eval-captions-{split}-{kind}.json")
+        return RunDir(run_dir).eval_path("captions", split, f"-{kind}")
 
     def region_captions_json(self, run_dir: str, split: str, beam_size: int) -> str:
         """Region-caption metrics (karpalign-eval region-captions) of a generator run."""
-        return os.path.join(run_dir, f"eval-region-captions-{split}-beam{beam_size}.json")
+        return RunDir(run_dir).eval_path("region-captions", split, f"-beam{beam_size}")
 
     @property
     def alignment_json(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from karpalign.config import Config, save_config
+from karpalign.training import run_dir
 from karpalign.training.strategy import get_distribution_strategy, is_chief
 
 
@@ -130,13 +131,16 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
     ``stop_after`` ends this call after that many steps of this run (the run can be resumed later).
     """
     out_dir = out_dir or cfg.runtime.output_dir
+    if getattr(task_cls, "name", None) in run_dir.TASK_MODELS and cfg.train.task != task_cls.name:
+        # The saved config says which task made the run (RunDir refuses a run of another task).
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task=task_cls.name))
     keras.utils.set_random_seed(cfg.train.seed)
     _set_precision(cfg)
     strategy = get_distribution_strategy(cfg.runtime.strategy, cfg.runtime.devices, cfg.runtime.tpu)
     chief = is_chief(strategy)
     if chief:
         os.makedirs(out_dir, exist_ok=True)
-        save_config(cfg, out_dir)
+        save_config(cfg, out_dir, run_dir.CONFIG)
     task = task_cls(cfg)
     global_batch = cfg.train.batch_size
     if global_batch % strategy.num_replicas_in_sync:
@@ -151,10 +155,10 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_score")
 
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best_score=best_score)
-    manager = tf.train.CheckpointManager(ckpt, _checkpoint_dir(out_dir, strategy, "checkpoints"),
+    manager = tf.train.CheckpointManager(ckpt, _checkpoint_dir(out_dir, strategy, run_dir.CHECKPOINTS),
                                          max_to_keep=cfg.train.keep_checkpoints)
     best_ckpt = tf.train.Checkpoint(model=model)
-    best_manager = tf.train.CheckpointManager(best_ckpt, _checkpoint_dir(out_dir, strategy, "best"), max_to_keep=1)
+    best_manager = tf.train.CheckpointManager(best_ckpt, _checkpoint_dir(out_dir, strategy, run_dir.BEST), max_to_keep=1)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", file=sys.stderr)
@@ -191,9 +195,9 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         per_replica = strategy.run(replica_step, args=(next(it),))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard")) if chief else \
+    writer = tf.summary.create_file_writer(run_dir.RunDir(out_dir).tensorboard_dir) if chief else \
         tf.summary.create_noop_writer()
-    history_path = os.path.join(out_dir, "history.jsonl")
+    history_path = run_dir.RunDir(out_dir).history_path
     total = cfg.train.steps
     start = int(step.numpy())
     bar = _Progress(total, start, progress and chief)
@@ -245,10 +249,7 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
     if not chief:
         shutil.rmtree(os.path.join(out_dir, f".worker_{strategy.cluster_resolver.task_type}_"
                                             f"{strategy.cluster_resolver.task_id}"), ignore_errors=True)
-    history = []
-    if os.path.exists(history_path):
-        with open(history_path, encoding="utf-8") as f:
-            history = [json.loads(line) for line in f if line.strip()]
+    history = run_dir.RunDir(out_dir).read_history()
     if not best and history:
         best = max(history, key=lambda h: h.get("score", -np.inf))
     return TrainResult(steps=int(step.numpy()), final_loss=loss_value, best=best, history=history,

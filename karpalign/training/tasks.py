@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -20,9 +18,7 @@ from karpalign.models.alignment_model import AlignmentModel
 from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
 from karpalign.models.scores import SCORES_FROM_DOTS, region_word_dots
 from karpalign.training.loop import Task
-
-ALIGN_MODEL = "alignment.keras"
-CAPTION_MODEL = "generator.keras"
+from karpalign.training.run_dir import RunDir
 
 
 def _gather(x):
@@ -63,22 +59,22 @@ class _RecordsTask(Task):
         self.manifest = F.read_manifest(self.records_dir)
         self.vocab_path = os.path.join(self.records_dir, F.VOCAB)
         self.vocab = Vocabulary.load(self.vocab_path)
-        self.feature_dim = int(self.manifest["feature_dim"])
-        self.num_regions = int(self.manifest["num_regions"])
+        self.feature_dim = self.manifest.feature_dim
+        self.num_regions = self.manifest.num_regions
 
     def _data_kwargs(self):
-        return dict(feature_dim=self.feature_dim, num_regions=self.num_regions, max_words=self.cfg.data.max_words,
-                    global_batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
-                    image_shuffle_buffer=self.cfg.train.shuffle_buffer)
+        return dict(max_words=self.cfg.data.max_words, global_batch_size=self.cfg.train.batch_size,
+                    seed=self.cfg.train.seed, image_shuffle_buffer=self.cfg.train.shuffle_buffer)
 
-    def _write_side_files(self, out_dir):
-        self.vocab.save(os.path.join(out_dir, F.VOCAB))
-        with open(os.path.join(out_dir, "records_manifest.json"), "w", encoding="utf-8") as f:
-            json.dump(self.manifest, f, indent=2, sort_keys=True)
+    def save_model(self, model, out_dir):
+        """The model file of this task, the vocabulary and a copy of the records manifest (see RunDir)."""
+        run = RunDir(out_dir, self.name)
+        run.save_model(model)
+        run.save_records_side_files(self.vocab, self.manifest)
 
 
-def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table, *, feature_dim: int,
-                num_regions: int, max_words: int, max_images: int | None = None, batch_size: int = 64):
+def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table, *, max_words: int,
+                max_images: int | None = None, batch_size: int = 64):
     """Embeds a split's images and sentences.
 
     Returns dict: ``v`` (N, R, H), ``v_mask`` (N, R), ``s`` (M, T, H), ``s_mask`` (M, T), ``image_of_sentence``
@@ -89,25 +85,20 @@ def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table
     out = {k: [] for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "image_ids", "tokens", "boxes",
                            "raw")}
     n = 0
-    for batch in P.image_dataset(records_dir, split, feature_dim=feature_dim, num_regions=num_regions,
-                                 batch_size=batch_size):
-        if max_images is not None and n >= max_images:
-            break
-        take = batch["region_features"].shape[0] if max_images is None else min(
-            batch["region_features"].shape[0], max_images - n)
-        feats, mask = batch["region_features"][:take], batch["region_mask"][:take]
+    for batch in P.image_dataset(records_dir, split, batch_size=batch_size, max_images=max_images):
+        feats, mask = batch["region_features"], batch["region_mask"]
         out["v"].append(embed_images(feats, mask).numpy())
         out["v_mask"].append(mask.numpy())
-        out["boxes"].append(batch["boxes"][:take].numpy())
-        out["image_ids"].extend(x.decode() for x in batch["image_id"][:take].numpy())
-        tokens = batch["tokens"][:take]
+        out["boxes"].append(batch["boxes"].numpy())
+        out["image_ids"].extend(x.decode() for x in batch["image_id"].numpy())
+        tokens = batch["tokens"]
         ids, tmask = P.token_ids(tokens.values, vocab_table, max_words)
         out["s"].append(embed_sentences(ids, tmask).numpy())
         out["s_mask"].append(tmask.numpy())
         out["image_of_sentence"].append(tokens.value_rowids().numpy() + n)
         out["tokens"].extend([[t.decode() for t in sent][:max_words] for sent in tokens.values.to_list()])
-        out["raw"].extend(x.decode() for x in batch["sentences_raw"][:take].values.numpy())
-        n += take
+        out["raw"].extend(x.decode() for x in batch["sentences_raw"].values.numpy())
+        n += int(feats.shape[0])
     if n == 0:
         raise ValueError(f"split {split!r} in {records_dir} has no images")
     for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "boxes"):
@@ -175,15 +166,10 @@ class AlignTask(_RecordsTask):
         from karpalign.evaluation.retrieval import retrieval_metrics, score_matrix
 
         emb = embed_split(model, self.records_dir, "val", P.vocab_table(self.records_dir),
-                          feature_dim=self.feature_dim, num_regions=self.num_regions,
                           max_words=self.cfg.data.max_words, max_images=self.cfg.train.val_max_images)
         scores = score_matrix(emb["v"], emb["v_mask"], emb["s"], emb["s_mask"], score=model.score)
         r = retrieval_metrics(scores, emb["image_of_sentence"])
         return {"score": r["rsum"], **{f"{d}_R@{k}": r[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)}}
-
-    def save_model(self, model, out_dir):
-        model.save(os.path.join(out_dir, ALIGN_MODEL))
-        self._write_side_files(out_dir)
 
 
 class CaptionTask(_RecordsTask):
@@ -222,24 +208,19 @@ class CaptionTask(_RecordsTask):
         return tf.reduce_sum(self.token_losses(model, batch, training)) / global_batch_size
 
     def validate(self, model):
+        # Every sentence of the first val_max_images images (however many sentences each image has).
         ds = P.caption_dataset(self.records_dir, "val", P.vocab_table(self.records_dir), shuffle=False,
-                               repeat=False, **{**self._data_kwargs(), "global_batch_size": 64})
+                               repeat=False, max_images=self.cfg.train.val_max_images,
+                               **{**self._data_kwargs(), "global_batch_size": 64})
         step = tf.function(lambda b: self.token_losses(model, b, False))
-        total, words, n = 0.0, 0.0, 0
+        total, words = 0.0, 0.0
         for batch in ds:
             total += float(tf.reduce_sum(step(batch)))
             words += float(tf.reduce_sum(batch["target_mask"]))
-            n += int(batch["image"].shape[0])
-            if n >= self.cfg.train.val_max_images * 5:
-                break
         if words == 0:
             raise ValueError(f"no validation sentences in {self.records_dir} (split 'val')")
         nll = total / words
         return {"score": -nll, "word_nll": nll, "perplexity": float(np.exp(nll))}
-
-    def save_model(self, model, out_dir):
-        model.save(os.path.join(out_dir, CAPTION_MODEL))
-        self._write_side_files(out_dir)
 
 
 TASKS = {"align": AlignTask, "caption": CaptionTask}

@@ -24,17 +24,17 @@ def test_align_cli_writes_snippets_records_and_accuracy(trained_align, toy_recor
     assert all(len(l["assignment"]) == len(l["tokens"]) for l in lines)
     assert all(sn["region"] > 0 for l in lines for sn in l["snippets"])
     manifest = F.read_manifest(str(out))
-    assert manifest["num_regions"] == 1 and manifest["counts"]["val"] == result["val"]["snippets"] > 0
+    assert manifest.num_regions == 1 and manifest.counts["val"] == result["val"]["snippets"] > 0
     # Each region example holds exactly that region's CNN features from the source records.
     import tensorflow as tf
     first = next(iter(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(F.shard_pattern(str(out), "val"))),
                                               compression_type="GZIP").batch(1)))
-    region = F.parse_examples(first, manifest["feature_dim"])
+    region = F.parse_examples(first, manifest.feature_dim)
     image_id, s, r, _ = region["image_id"].numpy()[0].decode().split("/")
     src = {}
     for batch in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(F.shard_pattern(toy_records, "val"))),
                                          compression_type="GZIP").batch(64):
-        parsed = F.parse_examples(batch, manifest["feature_dim"])
+        parsed = F.parse_examples(batch, manifest.feature_dim)
         for i, iid in enumerate(parsed["image_id"].numpy()):
             src[iid.decode()] = parsed["region_features"][i].numpy()
     np.testing.assert_allclose(region["region_features"][0, 0], src[image_id][int(r[1:])])
@@ -56,7 +56,7 @@ def test_align_cli_tunes_beta_on_val(trained_align, toy_records, tmp_path, capsy
     # The chosen beta is the one every split is then aligned with, giving the same val accuracy.
     assert result["val"]["beta"] == search["chosen"]
     assert result["val"]["accuracy"]["word_accuracy"] == pytest.approx(best)
-    assert F.read_manifest(str(out))["beta"] == search["chosen"]
+    assert F.read_manifest(str(out)).extra["beta"] == search["chosen"]
     assert f"beta {search['chosen']:g} aligns best on val" in capsys.readouterr().err
     for bad, message in ((["--tune-beta", "0,x"], "comma-separated numbers"),
                          (["--tune-beta", "1"], "needs at least one value and --dataset")):
@@ -134,7 +134,7 @@ def _picture_paths(records_dir, split):
     files = sorted(tf.io.gfile.glob(F.shard_pattern(records_dir, split)))
     paths = {}
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64):
-        parsed = F.parse_examples(batch, F.read_manifest(records_dir)["feature_dim"])
+        parsed = F.parse_examples(batch, F.read_manifest(records_dir).feature_dim)
         for iid, path in zip(parsed["image_id"].numpy(), parsed["path"].numpy()):
             paths[iid.decode()] = path.decode()
     return paths

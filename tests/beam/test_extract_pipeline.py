@@ -75,11 +75,11 @@ def test_features_in_shards_equal_a_direct_backbone_call(scenes, tiny_cnn, tmp_p
     result = run_extract(_config(scenes, out, tiny_cnn), ["--runner=DirectRunner"])
     manifest = read_manifest(str(out))
     records = {r.image_id: r for r in read_dataset(scenes)}
-    assert manifest["input_records"] == len(records) == manifest["written"] and manifest["failed"] == 0
-    assert manifest["num_regions"] == 4 and manifest["crop_size"] == TINY_SIZE
-    assert manifest["cnn_spec"].endswith(f"tiny.keras|size={TINY_SIZE},{TINY_SIZE}")
-    assert manifest["proposer"] == "boxes" and manifest["proposer_k"] == 3
-    assert manifest["failures_by_stage"] == {} and manifest["dead_letters"] == "dead_letters.jsonl"
+    assert manifest.input_records == len(records) == manifest.written and manifest.failed == 0
+    assert manifest.num_regions == 4 and manifest.crop_size == TINY_SIZE
+    assert manifest.cnn_spec.endswith(f"tiny.keras|size={TINY_SIZE},{TINY_SIZE}")
+    assert manifest.proposer.kind == "boxes" and manifest.proposer.k == 3
+    assert manifest.failures_by_stage == {} and manifest.dead_letters == "dead_letters.jsonl"
     assert os.path.getsize(out / "dead_letters.jsonl") == 0
     assert not os.path.exists(out / "_job")
     assert sorted(os.path.basename(f) for f in glob.glob(str(out / "train-*"))) == [
@@ -91,12 +91,12 @@ def test_features_in_shards_equal_a_direct_backbone_call(scenes, tiny_cnn, tmp_p
     assert c["regions"] == sum(1 + min(3, len(r.boxes)) for r in records.values())
     assert not any(k.startswith("failed_") and v for k, v in c.items())
 
-    backbone = get_backbone(manifest["cnn_spec"])
+    backbone = get_backbone(manifest.cnn_spec)
     vocab = Vocabulary.load(str(out / VOCAB))
-    assert len(vocab) == manifest["vocab_size"]
+    assert len(vocab) == manifest.vocab_size
     seen = 0
-    for split, count in manifest["counts"].items():
-        parsed, _ = _read_split(out, split, manifest["feature_dim"], manifest["num_regions"])
+    for split, count in manifest.counts.items():
+        parsed, _ = _read_split(out, split, manifest.feature_dim, manifest.num_regions)
         assert len(parsed["image_id"]) == count
         for i, image_id in enumerate(parsed["image_id"]):
             record = records[image_id.decode()]
@@ -148,10 +148,10 @@ def test_bad_images_become_dead_letters_and_the_rest_is_written(bad_scenes, tiny
     assert "7 of 27 images failed" in err and "--max-failure-fraction" in err
 
     manifest = read_manifest(str(out))
-    assert manifest["input_records"] == 27 == manifest["written"] + manifest["failed"]
-    assert manifest["written"] == 20 and manifest["failed"] == 7
-    assert manifest["failures_by_stage"] == {"read": 2, "decode": 4, "bomb": 1}
-    letters = [json.loads(line) for line in open(out / manifest["dead_letters"])]
+    assert manifest.input_records == 27 == manifest.written + manifest.failed
+    assert manifest.written == 20 and manifest.failed == 7
+    assert manifest.failures_by_stage == {"read": 2, "decode": 4, "bomb": 1}
+    letters = [json.loads(line) for line in open(out / manifest.dead_letters)]
     assert sorted(d["image_id"] for d in letters) == sorted(expected)
     for d in letters:
         path, stage = expected[d["image_id"]]
@@ -169,7 +169,7 @@ def test_bad_images_become_dead_letters_and_the_rest_is_written(bad_scenes, tiny
     assert "failed: 7 images (read 2, decode 4, bomb 1)" in summary
     manifest = read_manifest(str(out))
     n_train = sum(img["split"] == "train" for img in json.load(open(dataset))["images"])
-    assert manifest["counts"] == {"train": n_train - 7} and manifest["input_records"] == n_train
+    assert manifest.counts == {"train": n_train - 7} and manifest.input_records == n_train
     assert not glob.glob(str(out / "val-*")), "stale shards of the first run were removed"
 
 
@@ -183,9 +183,9 @@ def test_multi_process_direct_runner_end_to_end(scenes, tiny_cnn, tmp_path):
                      "--direct_num_workers=2"])
     assert code == 0
     manifest = read_manifest(str(out))
-    assert manifest["written"] == manifest["input_records"] == 20 and manifest["num_regions"] == 3
-    parsed, files = _read_split(out, "train", manifest["feature_dim"], 3)
-    assert len(files) == 2 and len(parsed["image_id"]) == manifest["counts"]["train"]
+    assert manifest.written == manifest.input_records == 20 and manifest.num_regions == 3
+    parsed, files = _read_split(out, "train", manifest.feature_dim, 3)
+    assert len(files) == 2 and len(parsed["image_id"]) == manifest.counts["train"]
     assert parsed["region_mask"].sum() == 3 * len(parsed["image_id"])  # the grid always gives K + 1 boxes
 
 
@@ -203,8 +203,8 @@ def test_efficientnet_lite0_small_run(scenes, tmp_path, monkeypatch):
     out = tmp_path / "out"
     run_extract(_config(path, out, "efficientnet_lite0", crop_size=64, regions=2, shards_per_split=1))
     manifest = read_manifest(str(out))
-    assert manifest["feature_dim"] == 1280 and manifest["cnn"] == "efficientnet_lite0"
-    assert manifest["written"] == 4 and manifest["crop_size"] == 64
+    assert manifest.feature_dim == 1280 and manifest.cnn == "efficientnet_lite0"
+    assert manifest.written == 4 and manifest.crop_size == 64
     parsed, _ = _read_split(out, "train", 1280, 3)
     feats = parsed["region_features"][parsed["region_mask"] > 0]
     assert np.isfinite(feats).all() and feats.std() > 0
@@ -227,9 +227,9 @@ def test_segments_proposer_in_the_job(scenes, tiny_cnn, tmp_path):
     run_extract(_config(path, out, tiny_cnn, proposer="segments", regions=5, shards_per_split=1))
     manifest = read_manifest(str(out))
     proposer = SegmentsProposer(5)
-    assert manifest["proposer"] == "segments" and manifest["proposer_name"] == proposer.name
-    assert manifest["written"] == 4 and manifest["num_regions"] == 6
-    parsed, _ = _read_split(out, "train", manifest["feature_dim"], 6)
+    assert manifest.proposer.kind == "segments" and manifest.proposer.name == proposer.name
+    assert manifest.written == 4 and manifest.num_regions == 6
+    parsed, _ = _read_split(out, "train", manifest.feature_dim, 6)
     records = {r.image_id: r for r in read_dataset(path)}
     for i, image_id in enumerate(parsed["image_id"]):
         with open(records[image_id.decode()].path, "rb") as f:

@@ -40,10 +40,10 @@ def test_converts_columns_by_imgid(tmp_path):
     out = str(tmp_path / "out")
     manifest = convert_neuraltalk(dataset, str(tmp_path / "vgg_feats.mat"), out, min_word_count=2,
                                   shards_per_split=2)
-    assert manifest["counts"] == {"test": 1, "train": 3, "val": 1}
-    assert manifest["feature_dim"] == D and manifest["num_regions"] == 1
-    assert manifest["cnn"] == "vgg16-neuraltalk" and manifest["proposer"] == "full-image"
-    assert manifest["input_records"] == manifest["written"] == n and manifest["failed"] == 0
+    assert manifest.counts == {"test": 1, "train": 3, "val": 1}
+    assert manifest.feature_dim == D and manifest.num_regions == 1
+    assert manifest.cnn == "vgg16-neuraltalk" and manifest.proposer.kind == "full-image"
+    assert manifest.input_records == manifest.written == n and manifest.failed == 0
     parsed = _read(out, "train")
     for i, image_id in enumerate(parsed["image_id"].numpy()):
         np.testing.assert_array_equal(parsed["region_features"][i, 0], feats[:, int(image_id)])
@@ -75,7 +75,7 @@ def test_matlab_v73_hdf5_file(tmp_path):
     with open(path, "r+b") as f:  # the MATLAB 7.3 header that makes scipy refuse and point to HDF5
         f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
     manifest = convert_neuraltalk(dataset, path, str(tmp_path / "out"), min_word_count=1)
-    assert manifest["written"] == n
+    assert manifest.written == n
     parsed = _read(str(tmp_path / "out"), "val")
     np.testing.assert_array_equal(parsed["region_features"][0, 0], feats[:, int(parsed["image_id"].numpy()[0])])
 

@@ -120,7 +120,7 @@ def test_records_from_another_proposer_or_dataset_are_refused(region_run, toy_re
     grid = str(tmp_path / "grid")
     shutil.copytree(toy_records, grid)
     manifest = F.read_manifest(grid)
-    manifest["proposer"] = "grid"
+    manifest.proposer = F.ProposerInfo(kind="grid", k=manifest.proposer.k)
     F.write_manifest(grid, manifest)
     code = eval_main(["region-captions", "--model-dir", run_dir, "--records-dir", grid, "--dataset", dataset,
                       "--out", str(tmp_path / "x.json")])

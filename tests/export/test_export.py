@@ -24,7 +24,7 @@ from karpalign.cli.export import main as export_main
 from karpalign.data import features as F
 from karpalign.data.text import END_ID, PAD_ID, START_ID, Vocabulary, python_tokenize
 from karpalign.decoding.beam_search import beam_search
-from karpalign.export.export_module import decode_rgb
+from karpalign.vision.region_features import decode_rgb
 from karpalign.export.saved_model import next_version, write_saved_model
 from karpalign.serving.warmup import read_warmup_requests
 from karpalign.testing import make_toy_records, untrained_runs
@@ -90,9 +90,9 @@ def exported(tmp_path_factory):
     records = make_toy_records(os.path.join(root, "records"), feature_dim=D, num_regions=4, num_train=20,
                                num_val=4, num_test=4, shards=1)
     manifest = F.read_manifest(records)
-    manifest.update(cnn_spec=f"keras:{backbone_path}|size={CROP},{CROP}|range=-1,1", crop_size=CROP,
-                    proposer=f"grid|k={K_GRID}")
-    F.write_manifest(records, manifest)
+    manifest.cnn_spec, manifest.crop_size = f"keras:{backbone_path}|size={CROP},{CROP}|range=-1,1", CROP
+    manifest.proposer = F.ProposerInfo(kind="grid", k=K_GRID)
+    manifest.write(records)
     runs = _runs(root, records)
     base = os.path.join(root, "models")
     rc = export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--records-dir", records,
@@ -106,7 +106,7 @@ def exported(tmp_path_factory):
         "alignment": keras.saving.load_model(os.path.join(runs["align"], "alignment.keras"), compile=False),
         "generator": keras.saving.load_model(os.path.join(runs["caption"], "generator.keras"), compile=False),
         "vocab": Vocabulary.load(os.path.join(runs["align"], "vocab.txt")),
-        "backbone": get_backbone(manifest["cnn_spec"]),
+        "backbone": get_backbone(manifest.cnn_spec),
     }
 
 
@@ -181,7 +181,8 @@ def _eager_tokens(exported, sentences):
 
 
 def _pillow_features(exported, images):
-    """Features the way the extraction job computes them: Pillow decode, grid boxes, region_features."""
+    """Reference features: the Pillow reference decoder (decode_image), grid boxes, region_features. The job and
+    the graph decode with the TensorFlow decoder, which must give these pixels."""
     boxes = GridProposer(K_GRID).propose()
     return np.stack([region_features(exported["backbone"], decode_image(data), boxes, CROP) for data in images])
 
@@ -314,6 +315,133 @@ def test_jpeg_decoding_matches_pillow():
     np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), pillow)
     png = _png(_picture(20, 30, 4))
     np.testing.assert_array_equal(decode_rgb(tf.constant(png)).numpy(), decode_image(png))
+
+
+# ---- one region-feature path: the extraction job and serving_default agree on every image format ------------
+
+
+def _format_images():
+    """The issue's formats, built with Pillow: name -> (bytes, extension)."""
+    picture = _picture(36, 52, 5)  # not square: a wrong rotation changes the shape and every crop
+    img = Image.fromarray(picture)
+
+    def save(image, fmt, **kwargs):
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **kwargs)
+        return buf.getvalue()
+
+    def exif(orientation):
+        tags = Image.Exif()
+        tags[0x0112] = orientation
+        return tags.tobytes()
+
+    rgba = np.dstack([picture, np.tile(np.linspace(0, 255, 52).astype(np.uint8), (36, 1))])  # alpha 0 -> 255
+    frames = [Image.fromarray(255 - picture).convert("P"), Image.fromarray(picture[::-1].copy()).convert("P")]
+    return {
+        "plain_jpeg": (save(img, "JPEG", quality=90), "jpg"),
+        "exif3_jpeg": (save(img, "JPEG", quality=90, exif=exif(3)), "jpg"),
+        "exif6_jpeg": (save(img, "JPEG", quality=90, exif=exif(6)), "jpg"),
+        "exif8_jpeg": (save(img, "JPEG", quality=90, exif=exif(8)), "jpg"),
+        "alpha_png": (save(Image.fromarray(rgba), "PNG"), "png"),
+        "grey_jpeg": (save(img.convert("L"), "JPEG", quality=90), "jpg"),
+        "grey_png": (save(img.convert("L"), "PNG"), "png"),
+        "cmyk_jpeg": (save(img.convert("CMYK"), "JPEG", quality=90), "jpg"),
+        "palette_png": (save(img.convert("P"), "PNG"), "png"),
+        "animated_gif": (save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80, loop=0),
+                         "gif"),
+    }
+
+
+REFUSED_FORMATS = {"cmyk_jpeg": "CMYK JPEG is not supported: convert to RGB"}
+
+
+@pytest.fixture(scope="module")
+def format_parity(exported, tmp_path_factory):
+    """The formats through the real extraction job (DirectRunner) and through serving_default of the export,
+    both the TF2 way and the way TF Serving runs it (session + saver)."""
+    import json
+
+    from karpalign.beam.job import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("formats")
+    images = _format_images()
+    with open(root / "captions.jsonl", "w") as fh:
+        for name, (data, ext) in images.items():
+            (root / f"{name}.{ext}").write_bytes(data)
+            fh.write(json.dumps({"image": f"{name}.{ext}", "caption": f"a picture stored as {name}",
+                                 "split": "train"}) + "\n")
+    out = root / "records"
+    result = run_extract(ExtractConfig(
+        dataset=str(root / "captions.jsonl"), out=str(out), cnn=exported["manifest"].cnn_spec, crop_size=CROP,
+        proposer="grid", regions=K_GRID, min_word_count=1, shards_per_split=1, batch_size=4,
+        max_failure_fraction=1.0, progress_every=0), ["--runner=DirectRunner"])
+    parsed = tf.data.TFRecordDataset(sorted(str(p) for p in out.glob("train-*.tfrecord.gz")), compression_type="GZIP")
+    examples = F.parse_examples(tf.constant(list(parsed.as_numpy_iterator())), D, K_GRID + 1)
+    job = {i.decode(): (f, b) for i, f, b in zip(examples["image_id"].numpy(), examples["region_features"].numpy(),
+                                                 examples["boxes"].numpy())}
+    dead = {json.loads(line)["image_id"]: json.loads(line) for line in open(out / "dead_letters.jsonl")}
+
+    serving = {}
+    loaded = tf.saved_model.load(exported["dir"]).signatures["serving_default"]
+    for name, (data, _) in images.items():
+        try:
+            serving[name] = loaded(images=tf.constant([data]))["region_features"].numpy()[0]  # (R, D)
+        except tf.errors.InvalidArgumentError as exc:
+            serving[name] = exc
+    session = {}
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], exported["dir"])
+        signature = meta_graph.signature_def["serving_default"]
+        for name, (data, _) in images.items():
+            try:
+                session[name] = sess.run(signature.outputs["region_features"].name,
+                                         {signature.inputs["images"].name: np.array([data], dtype=object)})[0]
+            except tf.errors.InvalidArgumentError as exc:
+                session[name] = exc
+    return {"images": images, "job": job, "dead": dead, "serving": serving, "session": session,
+            "manifest": result.manifest}
+
+
+@pytest.mark.parametrize("name", [n for n in _format_images() if n not in REFUSED_FORMATS])
+def test_extraction_job_and_serving_default_give_the_same_features(exported, format_parity, name):
+    job_features, job_boxes = format_parity["job"][name]
+    np.testing.assert_allclose(job_boxes, GridProposer(K_GRID).propose())
+    assert np.abs(job_features).max() > 0 and job_features.std(axis=0).max() > 0  # not a blank image
+    for path in ("serving", "session"):
+        served = format_parity[path][name]
+        assert not isinstance(served, Exception), f"{path} refused {name}: {served}"
+        diff = float(np.abs(served - job_features).max())
+        print(f"{name}: max |job - {path}| = {diff:.2e}")
+        assert diff <= 1e-4, (name, path, diff)
+    # And both are the Pillow reference decode's features (orientation applied, alpha on white, first frame).
+    reference = _pillow_features(exported, [format_parity["images"][name][0]])[0]
+    assert np.abs(reference - job_features).max() <= 1e-4
+
+
+def test_orientation_and_alpha_change_the_features(exported, format_parity):
+    """The parity above is not vacuous: rotations and the alpha composite really reach the features."""
+    job = format_parity["job"]
+    for rotated in ("exif3_jpeg", "exif6_jpeg", "exif8_jpeg"):
+        assert np.abs(job[rotated][0] - job["plain_jpeg"][0]).max() > 1e-3, rotated
+    alpha_png = Image.open(io.BytesIO(format_parity["images"]["alpha_png"][0]))
+    dropped = _pillow_features(exported, [_png(np.asarray(alpha_png.convert("RGB")))])[0]  # alpha ignored
+    assert np.abs(job["alpha_png"][0] - dropped).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_FORMATS))
+def test_refused_format_is_invalid_argument_in_serving_and_a_dead_letter_in_the_job(format_parity, name):
+    reason = REFUSED_FORMATS[name]
+    assert name not in format_parity["job"]
+    letter = format_parity["dead"][name]
+    assert (letter["stage"], letter["reason"]) == ("decode", reason)
+    for path in ("serving", "session"):
+        error = format_parity[path][name]
+        assert isinstance(error, tf.errors.InvalidArgumentError), (path, error)
+        assert error.error_code == tf.errors.INVALID_ARGUMENT and reason in error.message, (path, error.message)
+    manifest = format_parity["manifest"]
+    assert manifest.failed == len(REFUSED_FORMATS) and manifest.failures_by_stage == {"decode": 1}
+    assert manifest.written == len(_format_images()) - len(REFUSED_FORMATS)
 
 
 def test_serving_default_catches_a_preprocessing_mismatch(exported, inputs, portable):

@@ -41,8 +41,9 @@ def make_fake_run(run_dir):
     os.makedirs(os.path.dirname(image))
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)
     _write(os.path.join(p.records, "manifest.json"),
-           {"counts": {"train": 16, "test": 2}, "cnn_spec": "efficientnet_lite0", "feature_dim": 1280,
-            "num_regions": 3, "proposer": "boxes|k=2", "crop_size": 96, "vocab_size": 20})
+           {"schema_version": 1, "counts": {"train": 16, "test": 2}, "cnn_spec": "efficientnet_lite0",
+            "feature_dim": 1280, "num_regions": 3, "proposer": {"kind": "boxes", "k": 2}, "crop_size": 96,
+            "vocab_size": 20})
     for split in ("test", "test_novel"):
         _write(p.retrieval_json(split), {
             "i2t": {"R@1": 40.0, "R@5": 80.0, "R@10": 100.0, "median_rank": 2.0, "mean_rank": 2.5},
