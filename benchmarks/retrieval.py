@@ -7,7 +7,7 @@ is scaled from that.
 
 The cores are shared, so throughput drifts during a run. The measurement therefore goes in rounds: each
 round scores one block of sentences against all images end to end (``score_matrix``), then times single
-chunk-sized calls of the chunk kernel, of ``karpalign.models.scores.brnn_score`` (the einsum layout) and of
+chunk-sized calls of ``karpalign.models.scores.brnn_score`` (one matmul), of eq. 8 from einsum dots and of
 a plain ``tf.linalg.matmul`` with the chunk's (I·R, H) × (H, S·T) shape. Ratios compare figures taken in
 the same rounds. Peak RSS is read from ``resource.getrusage``.
 
@@ -24,8 +24,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from karpalign.evaluation.retrieval import brnn_chunk_score, score_matrix
-from karpalign.models.scores import brnn_score
+from karpalign.evaluation.retrieval import score_matrix
+from karpalign.models.scores import brnn_score, brnn_score_from_dots, region_word_dots
 
 
 def peak_rss_mb() -> float:
@@ -82,8 +82,9 @@ def main(argv=None) -> None:
     cs, csm = tf.constant(s[:sc], tf.float32), tf.constant(s_mask[:sc])  # (sc, T, H), (sc, T)
     ma, mb = tf.reshape(cv, [ic * r, h]), tf.transpose(tf.reshape(cs, [sc * t, h]))  # (ic·R, H), (H, sc·T)
     kernels = {
-        "chunk": (tf.function(brnn_chunk_score), (cv, cvm, cs, csm)),
-        "einsum": (tf.function(brnn_score), (cv, cvm, cs, csm)),
+        "chunk": (tf.function(brnn_score), (cv, cvm, cs, csm)),
+        "einsum": (tf.function(lambda *a: brnn_score_from_dots(region_word_dots(a[0], a[2]), a[1], a[3])),
+                   (cv, cvm, cs, csm)),
         "matmul": (tf.function(plain_matmul), (ma, mb)),
     }
     for fn, inputs in kernels.values():  # trace and warm up

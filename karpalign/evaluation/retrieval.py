@@ -30,37 +30,16 @@ PROTOCOLS = ("5k", "1k", "full")
 FOLD_SIZE = 1000
 MAX_FOLDS = 5
 RECALL_AT = (1, 5, 10)
-_NEG = -1e9  # same masking constant as karpalign.models.scores
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Chunked score matrix
 # ----------------------------------------------------------------------------------------------------------
 
-def brnn_chunk_score(v, v_mask, s, s_mask):
-    """Paper eq. 8, S_kl = Σ_t max_i v_i·s_t, laid out as one large matmul per chunk.
-
-    Same result as :func:`karpalign.models.scores.brnn_score` (tested for equality), but the region–word
-    dot products come from a single (I·R, H) × (H, S·T) matmul and the max over regions reduces a
-    contiguous axis, instead of an einsum whose (I, S, R, T) output must be transposed. On CPU this runs
-    at the speed of a plain matmul of that size (see benchmarks/retrieval.py).
-    """
-    n_img, n_reg, hidden = tf.unstack(tf.shape(v))
-    n_sent, n_words = tf.shape(s)[0], tf.shape(s)[1]
-    dots = tf.matmul(tf.reshape(v, [-1, hidden]), tf.reshape(s, [-1, hidden]),
-                     transpose_b=True)  # (I·R, S·T)
-    region_bias = (1.0 - tf.reshape(tf.cast(v_mask, dots.dtype), [-1, 1])) * _NEG  # (I·R, 1)
-    dots = tf.reshape(dots + region_bias, [n_img, n_reg, n_sent * n_words])  # (I, R, S·T)
-    best = tf.reshape(tf.reduce_max(dots, axis=1), [n_img, n_sent, n_words])  # (I, S, T)
-    return tf.reduce_sum(best * tf.cast(s_mask, best.dtype)[None], axis=-1)  # (I, S)
-
-
 def _resolve_score(score: str | ScoreFn) -> ScoreFn:
-    """A score name from karpalign.models.scores (``brnn`` uses the chunk-friendly layout) or a callable."""
+    """A score name from :mod:`karpalign.models.scores` or a callable with the same signature."""
     if callable(score):
         return score
-    if score == "brnn":
-        return brnn_chunk_score
     return get_score(score)
 
 

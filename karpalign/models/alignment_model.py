@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from karpalign.layers.brnn_encoder import BRNNEncoder
 from karpalign.layers.region_embedding import RegionEmbedding
-from karpalign.models.scores import get_score
+from karpalign.models.scores import SCORES_FROM_DOTS, get_score
 
 
 @keras.saving.register_keras_serializable(package="karpalign")
@@ -51,7 +51,12 @@ class AlignmentModel(keras.Model):
         s = self.embed_sentences(inputs["token_ids"], inputs["token_mask"], training=training)
         return v, s
 
-    def score_matrix(self, v, v_mask, s, s_mask):
+    def score_matrix(self, v, v_mask, s, s_mask, dots=None):
+        """All-pairs scores (B_img, B_sent). ``dots``: the caller's :func:`region_word_dots` of ``v`` and ``s``
+        (B_img, B_sent, R, T), reused by the scores that are functions of them (training with the fragment
+        objective needs the dots anyway)."""
+        if dots is not None and self.score in SCORES_FROM_DOTS:
+            return SCORES_FROM_DOTS[self.score](dots, v_mask, s_mask)
         return self.score_fn(v, v_mask, s, s_mask)  # (B_img, B_sent)
 
     def get_config(self):

@@ -16,7 +16,7 @@ from karpalign.layers.region_embedding import RegionEmbedding
 from karpalign.losses import bidirectional_loss, fragment_loss
 from karpalign.models.alignment_model import AlignmentModel
 from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
-from karpalign.models.scores import SCORES_FROM_DOTS, region_word_dots
+from karpalign.models.scores import region_word_dots
 from karpalign.training.loop import Task
 from karpalign.training.run_dir import RunDir
 
@@ -147,10 +147,7 @@ class AlignTask(_RecordsTask):
         if m.fragment_weight:
             # local images × all sentences: the replicas' blocks partition the global batch's fragment pairs
             dots = region_word_dots(v, s_all)  # (B_local, B_global, R, T)
-        if dots is not None and model.score in SCORES_FROM_DOTS:  # the dots once, for the score and the objective
-            i2s = SCORES_FROM_DOTS[model.score](dots, v_mask, sm_all)  # (B_local, B_global)
-        else:
-            i2s = model.score_matrix(v, v_mask, s_all, sm_all)  # (B_local, B_global)
+        i2s = model.score_matrix(v, v_mask, s_all, sm_all, dots=dots)  # (B_local, B_global), dots computed once
         if tf.distribute.get_strategy().num_replicas_in_sync == 1:
             s2i = tf.transpose(i2s)  # one replica: local == global, the same matrix read by columns
         else:

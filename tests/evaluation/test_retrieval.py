@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from karpalign.evaluation.retrieval import (brnn_chunk_score, evaluate_retrieval, retrieval_metrics,
-                                            score_matrix)
+from karpalign.evaluation.retrieval import evaluate_retrieval, retrieval_metrics, score_matrix
 from karpalign.models.scores import brnn_score, defrag_score, global_score
 
 
@@ -90,10 +89,14 @@ def test_chunked_equals_unchunked(name, reference):
     np.testing.assert_allclose(one_chunk, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_brnn_chunk_kernel_matches_models_scores():
+def test_brnn_matmul_layout_matches_the_dots_form():
+    """brnn_score's one-matmul layout (the one retrieval runs) equals eq. 8 computed from the (I, S, R, T) dots."""
+    from karpalign.models.scores import brnn_score_from_dots, region_word_dots
+
     v, v_mask, s, s_mask = _random_batch(n_img=7, n_sent=9, r=6, t=5, h=16, seed=2)
-    np.testing.assert_allclose(brnn_chunk_score(v, v_mask, s, s_mask).numpy(),
-                               brnn_score(v, v_mask, s, s_mask).numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(brnn_score(v, v_mask, s, s_mask).numpy(),
+                               brnn_score_from_dots(region_word_dots(v, s), v_mask, s_mask).numpy(),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_float16_inputs_and_callable_score():
