@@ -87,6 +87,7 @@ class DecodeConfig:
     max_length: int = 20
     alpha: float = 0.0  # length normalisation exponent
     top_k: int = 3  # beams returned
+    min_length: int = 1  # words before END may be chosen (1: never an empty caption)
 
 
 @dataclasses.dataclass

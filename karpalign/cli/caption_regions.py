@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=20)
     p.add_argument("--alpha", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=1, help="captions per box")
+    p.add_argument("--min-length", type=int, default=1, help="words before <end> may be chosen (1: never empty)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text lines")
     return p
 
@@ -50,7 +51,7 @@ def caption_image_regions(args) -> dict:
     cnn_spec, crop_size, _ = extraction_settings(args.records_dir)
     generator, vocab = load_generator(args.model_dir)
     captioner = CaptionGenerator(generator, vocab, beam_size=args.beam_size, max_length=args.max_length,
-                                 alpha=args.alpha, top_k=args.top_k)
+                                 alpha=args.alpha, top_k=args.top_k, min_length=args.min_length)
     with open(args.image, "rb") as f:
         image = decode_image(f.read(), source=args.image)  # (H, W, 3) uint8
     if args.boxes is not None:
@@ -62,6 +63,7 @@ def caption_image_regions(args) -> dict:
     regions = caption_boxes(captioner, get_backbone(cnn_spec), image, boxes, crop_size)
     return {"image": args.image, "cnn_spec": cnn_spec, "crop_size": crop_size, "model_dir": args.model_dir,
             "beam_size": args.beam_size, "max_length": args.max_length, "alpha": args.alpha,
+            "min_length": args.min_length,
             "regions": [{"box": r["box"], "captions": [{"text": t, "score": s} for t, s in r["captions"]]}
                         for r in regions]}
 
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
         parser.error("--regions must be >= 0, --beam-size and --max-length >= 1, 1 <= --top-k <= --beam-size")
     if args.alpha < 0:
         parser.error("--alpha must be >= 0")
+    if not 0 <= args.min_length <= args.max_length:
+        parser.error("--min-length must be between 0 and --max-length")
     try:
         result = caption_image_regions(args)
     except (FileNotFoundError, ValueError, OSError) as e:

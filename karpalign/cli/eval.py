@@ -57,7 +57,7 @@ def _captions(args) -> dict:
     generator, vocab = load_generator(args.model_dir)
     result = evaluate_captions(generator, vocab, args.records_dir, args.split, beam_size=args.beam_size,
                                max_length=args.max_length, alpha=args.alpha, max_images=args.max_images,
-                               baseline=args.baseline, samples=args.samples)
+                               baseline=args.baseline, samples=args.samples, min_length=args.min_length)
     return {**result, "model_dir": args.model_dir}
 
 
@@ -70,7 +70,8 @@ def _region_captions(args) -> dict:
     generator, vocab = load_generator(args.model_dir)
     result = evaluate_region_captions(generator, vocab, args.records_dir, args.dataset, args.split,
                                       beam_size=args.beam_size, max_length=args.max_length, alpha=args.alpha,
-                                      max_images=args.max_images, samples=args.samples)
+                                      max_images=args.max_images, samples=args.samples,
+                                      min_length=args.min_length)
     return {"kind": "region-captions", "split": args.split, "model_dir": args.model_dir, **result}
 
 
@@ -82,6 +83,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -99,6 +107,8 @@ def _add_decoding_args(p) -> None:
     p.add_argument("--beam-size", type=_positive, default=7, help="paper: 7 (1 = greedy)")
     p.add_argument("--max-length", type=_positive, default=20, help="max generated words including <end>")
     p.add_argument("--alpha", type=_non_negative_float, default=0.0, help="length normalisation exponent")
+    p.add_argument("--min-length", type=_non_negative_int, default=1,
+                   help="words before <end> may be chosen (default 1: no empty captions)")
     p.add_argument("--max-images", type=_positive, default=None)
     p.add_argument("--samples", type=int, default=20, help="generated captions listed in the output")
     p.add_argument("--out", default=None)

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="max generated words (default: config, 20)")
     p.add_argument("--alpha", type=float, default=None, help="length normalisation exponent (default: config, 0)")
     p.add_argument("--top-k", type=int, default=None, help="captions returned per image (default: config, 3)")
+    p.add_argument("--min-length", type=int, default=None,
+                   help="words before <end> may be chosen (default: config, 1 = never an empty caption)")
     p.add_argument("--proposer", default=None,
                    help="in-graph region proposer (only 'grid' today); default: the records' own proposer, or a "
                         "grid of its k (with a warning) when it cannot run in the graph")
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.min_length is not None and args.min_length < 0:
+        parser.error(f"--min-length must be >= 0, got {args.min_length}")
     if args.regions is not None and args.regions < 0:
         parser.error(f"--regions must be >= 0, got {args.regions}")
     if args.alpha is not None and not 0.0 <= args.alpha < float("inf"):
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
 
     try:
         decode = RunDir(args.caption_dir, "caption").check().load_config().decode
-        overrides = {k: getattr(args, k) for k in ("beam_size", "max_length", "alpha", "top_k")
+        overrides = {k: getattr(args, k) for k in ("beam_size", "max_length", "alpha", "top_k", "min_length")
                      if getattr(args, k) is not None}
         decode = dataclasses.replace(decode, **overrides)
         if decode.top_k > decode.beam_size:

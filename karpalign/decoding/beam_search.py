@@ -22,6 +22,9 @@ How the search works (B images, K = ``beam_size``, V words, T = ``max_length``):
   among the top ``K`` of the step's candidates, i.e. only if it would have won a beam slot. This is what
   makes ``beam_size=1`` exactly greedy decoding (for ``alpha=0``): a sentence ends exactly when END is the
   arg-max word.
+* **Minimum length.** Before ``min_length`` words have been generated END is not a candidate at all (its
+  log-probability is masked to ``-inf``), so with the default ``min_length=1`` no caption is empty. The scores
+  stay the model's own log-probabilities (no renormalisation over the other words).
 * **Length normalisation.** Finished hypotheses are ranked by ``log p(y) / length ** alpha`` where
   ``length`` counts the generated words *including* END (START is never counted). ``alpha=0`` ranks by raw
   log-probability, ``alpha=1`` by mean log-probability per word. (We use the plain power rather than GNMT's
@@ -78,6 +81,7 @@ def beam_search(
     alpha: float = 0.0,
     top_k: int = 1,
     vocab_size: int | None = None,
+    min_length: int = 1,
 ) -> BeamResult:
     """Decodes ``top_k`` best sequences per batch element with a length-normalised beam search.
 
@@ -96,12 +100,14 @@ def beam_search(
         alpha: length-normalisation exponent (>= 0); see the module docstring.
         top_k: number of finished hypotheses returned per image (1 <= top_k <= beam_size).
         vocab_size: V, if the logits' last dimension is not known statically (it is then checked and pinned).
+        min_length: words that must be generated before END may be chosen (0 <= min_length <= max_length;
+            default 1: no empty captions). With ``min_length == max_length`` every hypothesis is cut there.
 
     Returns:
         :class:`BeamResult` with ``ids`` (B, top_k, max_length), ``scores`` (B, top_k) and ``lengths``
         (B, top_k), best hypothesis first.
     """
-    _check_arguments(beam_size, max_length, start_id, end_id, alpha, top_k, vocab_size)
+    _check_arguments(beam_size, max_length, start_id, end_id, alpha, top_k, vocab_size, min_length)
     k_beam, n_best, t_max = beam_size, top_k, max_length
     batch = batch_size if isinstance(batch_size, int) else tf.convert_to_tensor(batch_size, tf.int32)
 
@@ -141,6 +147,9 @@ def beam_search(
         logits = _check_step_output(logits, new_state, alive_state, vocab_size, end_id)
         n_vocab = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)  # (B*K, V)
+        if min_length > 0:  # END is no candidate while fewer than min_length words have been generated
+            too_short = tf.logical_and(step < min_length, tf.equal(tf.range(n_vocab), end_id))  # (V,)
+            log_probs = tf.where(too_short[None, :], _NEG_INF, log_probs)  # (B*K, V)
         log_probs = tf.reshape(log_probs, [batch, k_beam, n_vocab])  # (B, K, V)
         candidates = tf.reshape(alive_log_probs[:, :, None] + log_probs, [batch, -1])  # (B, K*V)
 
@@ -207,18 +216,23 @@ def greedy_search(
     start_id: int,
     end_id: int,
     vocab_size: int | None = None,
+    min_length: int = 1,
 ) -> BeamResult:
-    """Greedy decoding (arg-max word each step, stop at END): :func:`beam_search` with ``beam_size=1``."""
+    """Greedy decoding (arg-max word each step, stop at END, never before ``min_length`` words):
+    :func:`beam_search` with ``beam_size=1``."""
     return beam_search(step_fn, initial_state, batch_size, beam_size=1, max_length=max_length,
-                       start_id=start_id, end_id=end_id, alpha=0.0, top_k=1, vocab_size=vocab_size)
+                       start_id=start_id, end_id=end_id, alpha=0.0, top_k=1, vocab_size=vocab_size,
+                       min_length=min_length)
 
 
-def _check_arguments(beam_size, max_length, start_id, end_id, alpha, top_k, vocab_size) -> None:
+def _check_arguments(beam_size, max_length, start_id, end_id, alpha, top_k, vocab_size, min_length=1) -> None:
     """Python-side argument checks (they are static in an exported graph, so fail at trace time)."""
     for name, value, low in (("beam_size", beam_size, 1), ("max_length", max_length, 1), ("top_k", top_k, 1),
-                             ("start_id", start_id, 0), ("end_id", end_id, 0)):
+                             ("start_id", start_id, 0), ("end_id", end_id, 0), ("min_length", min_length, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"beam_search: {name} must be a Python int >= {low}, got {value!r}")
+    if min_length > max_length:
+        raise ValueError(f"beam_search: min_length ({min_length}) cannot exceed max_length ({max_length})")
     if top_k > beam_size:
         raise ValueError(f"beam_search: top_k ({top_k}) cannot exceed beam_size ({beam_size})")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < float("inf"):

@@ -24,7 +24,7 @@ from karpalign.decoding.beam_search import BeamResult, beam_search
 
 
 def decode_image_vectors(generator, image_vecs, *, beam_size: int, max_length: int, alpha: float = 0.0,
-                         top_k: int = 1) -> BeamResult:
+                         top_k: int = 1, min_length: int = 1) -> BeamResult:
     """Beam search from image vectors (B, D) -> :class:`BeamResult` (ids (B, k, L), scores (B, k), lengths).
 
     TensorFlow ops only; the batch size may be dynamic.
@@ -33,7 +33,7 @@ def decode_image_vectors(generator, image_vecs, *, beam_size: int, max_length: i
     state = generator.initial_state(image_vecs)
     return beam_search(generator.step, state, tf.shape(image_vecs)[0], beam_size=beam_size,
                        max_length=max_length, start_id=START_ID, end_id=END_ID, alpha=alpha, top_k=top_k,
-                       vocab_size=int(generator.vocab_size))
+                       vocab_size=int(generator.vocab_size), min_length=min_length)
 
 
 class CaptionGenerator:
@@ -43,12 +43,13 @@ class CaptionGenerator:
         generator: a model with the decoder-step contract and ``vocab_size`` / ``feature_dim`` attributes
             (:class:`karpalign.models.mrnn_decoder.MRNNDecoder`).
         vocab: the :class:`Vocabulary` the generator was trained with (same size as its output layer).
-        beam_size, max_length, alpha, top_k: beam search settings (see :func:`beam_search`), fixed in the graph.
+        beam_size, max_length, alpha, top_k, min_length: beam search settings (see :func:`beam_search`), fixed in
+            the graph (``min_length=1``: never an empty caption).
         batch_size: vectors decoded per call of the compiled search.
     """
 
     def __init__(self, generator, vocab: Vocabulary, *, beam_size: int, max_length: int, alpha: float = 0.0,
-                 top_k: int = 1, batch_size: int = 64):
+                 top_k: int = 1, batch_size: int = 64, min_length: int = 1):
         if len(vocab) != int(generator.vocab_size):
             raise ValueError(f"the vocabulary has {len(vocab)} words but the generator predicts "
                              f"{generator.vocab_size}; use the vocab.txt of the generator's training run")
@@ -56,7 +57,7 @@ class CaptionGenerator:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.generator, self.vocab, self.batch_size = generator, vocab, batch_size
         self.feature_dim = int(generator.feature_dim)
-        settings = dict(beam_size=beam_size, max_length=max_length, alpha=alpha, top_k=top_k)
+        settings = dict(beam_size=beam_size, max_length=max_length, alpha=alpha, top_k=top_k, min_length=min_length)
         _check_settings(**settings)  # argument errors surface here, not at the first trace
         self.settings = settings
         self.decode_fn = tf.function(
@@ -92,13 +93,14 @@ class CaptionGenerator:
 
 
 def generate_captions(generator, vocab: Vocabulary, image_vecs, *, beam_size: int, max_length: int,
-                      alpha: float = 0.0, top_k: int = 1, batch_size: int = 64) -> list[list[tuple[str, float]]]:
+                      alpha: float = 0.0, top_k: int = 1, batch_size: int = 64,
+                      min_length: int = 1) -> list[list[tuple[str, float]]]:
     """Captions for image vectors (N, D): for each, its ``top_k`` (text, length-normalised log p), best first.
 
     See :class:`CaptionGenerator`; build one yourself to reuse the compiled search across calls.
     """
     return CaptionGenerator(generator, vocab, beam_size=beam_size, max_length=max_length, alpha=alpha,
-                            top_k=top_k, batch_size=batch_size)(image_vecs)
+                            top_k=top_k, batch_size=batch_size, min_length=min_length)(image_vecs)
 
 
 def load_generator(run_dir: str):
@@ -108,11 +110,11 @@ def load_generator(run_dir: str):
     return RunDir(run_dir, "caption").load_generator()
 
 
-def _check_settings(*, beam_size, max_length, alpha, top_k) -> None:
+def _check_settings(*, beam_size, max_length, alpha, top_k, min_length=1) -> None:
     """The beam search's own argument checks, run once without tracing anything."""
     from karpalign.decoding.beam_search import _check_arguments
 
-    _check_arguments(beam_size, max_length, START_ID, END_ID, alpha, top_k, None)
+    _check_arguments(beam_size, max_length, START_ID, END_ID, alpha, top_k, None, min_length)
 
 
 def _check_vectors(image_vecs, feature_dim: int) -> np.ndarray:

@@ -377,8 +377,11 @@ def read_split_images(records_dir: str, split: str, *, with_features: bool = Tru
 
 def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *, beam_size: int = 7,
                       max_length: int = 20, alpha: float = 0.0, max_images: int | None = None,
-                      baseline: str | None = None, samples: int = 20, batch_size: int = 64) -> dict:
-    """Full-frame captions of a split, scored against the references; novelty; optional nn baseline."""
+                      baseline: str | None = None, samples: int = 20, batch_size: int = 64,
+                      min_length: int = 1) -> dict:
+    """Full-frame captions of a split, scored against the references; novelty; optional nn baseline.
+
+    ``empty_captions`` counts generated captions without a word (0 with the default ``min_length=1``)."""
     from karpalign.data import features as F
     from karpalign.decoding.generate import generate_captions
 
@@ -391,13 +394,14 @@ def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *
     train_captions = [c for caps in train["captions"] for c in caps]
 
     decoded = generate_captions(generator, vocab, test["features"], beam_size=beam_size, max_length=max_length,
-                                alpha=alpha, top_k=1, batch_size=batch_size)
+                                alpha=alpha, top_k=1, batch_size=batch_size, min_length=min_length)
     generated = [caps[0][0] if caps else "" for caps in decoded]
     references = dict(zip(test["image_ids"], test["captions"]))
     result = {
         "kind": "captions", "split": split,
         "metrics": score_captions(references, dict(zip(test["image_ids"], generated))),
         "novelty": _novelty(generated, train_captions),
+        "empty_captions": sum(not text.strip() for text in generated),
     }
     nn = None
     if baseline == "nn":
@@ -410,7 +414,7 @@ def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *
                           **({"nn": nn[n]} if nn is not None else {})}
                          for n, image_id in enumerate(test["image_ids"][:samples])]
     result["settings"] = {"beam_size": beam_size, "max_length": max_length, "alpha": alpha,
-                          "max_images": max_images, "n_images": len(generated), "n_train_images":
+                          "min_length": min_length, "max_images": max_images, "n_images": len(generated), "n_train_images":
                           len(train["image_ids"]), "records_dir": records_dir, "image_vector": "region 0 (full frame)"}
     return result
 

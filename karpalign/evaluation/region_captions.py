@@ -152,7 +152,8 @@ def ground_truth_regions(records_dir: str, dataset_json: str, split: str, *, max
 
 def evaluate_region_captions(generator, vocab, records_dir: str, dataset_json: str, split: str = "test", *,
                              beam_size: int = 7, max_length: int = 20, alpha: float = 0.0,
-                             max_images: int | None = None, batch_size: int = 64, samples: int = 20) -> dict:
+                             max_images: int | None = None, batch_size: int = 64, samples: int = 20,
+                             min_length: int = 1) -> dict:
     """Captions every ground-truth box (that has phrases) of a split and scores against the box's phrases.
 
     Args:
@@ -160,13 +161,14 @@ def evaluate_region_captions(generator, vocab, records_dir: str, dataset_json: s
         records_dir: records extracted with ``--proposer boxes`` from ``dataset_json``.
         dataset_json: Karpathy-format file with image ``boxes`` and sentence ``phrases``.
         split: which split to evaluate.
-        beam_size, max_length, alpha: beam search settings.
+        beam_size, max_length, alpha, min_length: beam search settings.
         max_images: evaluate only the first images of the split.
         samples: how many (box, generated, references) examples to return.
 
     Returns:
         ``{"metrics": score_captions(...) result (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE None, notes),
-        "counts": {images, boxes_total, boxes_evaluated, boxes_without_phrases, boxes_not_extracted},
+        "counts": {images, boxes_total, boxes_evaluated, boxes_without_phrases, boxes_not_extracted,
+        empty_captions},
         "samples": [...], "settings": {...}}``.
     """
     from karpalign.evaluation.captions import score_captions
@@ -179,7 +181,7 @@ def evaluate_region_captions(generator, vocab, records_dir: str, dataset_json: s
                          f"{generator.feature_dim}-d ones")
     regions = ground_truth_regions(records_dir, dataset_json, split, max_images=max_images, batch_size=batch_size)
     captioner = CaptionGenerator(generator, vocab, beam_size=beam_size, max_length=max_length, alpha=alpha,
-                                 top_k=1, batch_size=batch_size)
+                                 top_k=1, batch_size=batch_size, min_length=min_length)
     generated = {key: caps[0][0] if caps else "" for key, caps in zip(regions["keys"], captioner(regions["features"]))}
     metrics = score_captions(regions["references"], generated)
     return {
@@ -187,9 +189,10 @@ def evaluate_region_captions(generator, vocab, records_dir: str, dataset_json: s
         "counts": {"images": regions["images"], "boxes_total": regions["boxes_total"],
                    "boxes_evaluated": len(regions["keys"]),
                    "boxes_without_phrases": regions["boxes_without_phrases"],
-                   "boxes_not_extracted": regions["boxes_not_extracted"]},
+                   "boxes_not_extracted": regions["boxes_not_extracted"],
+                   "empty_captions": sum(not text.strip() for text in generated.values())},
         "samples": [{"key": key, "box": regions["boxes"][key], "generated": generated[key],
                      "references": regions["references"][key]} for key in regions["keys"][:samples]],
         "settings": {"split": split, "beam_size": beam_size, "max_length": max_length, "alpha": alpha,
-                     "max_images": max_images, "records_dir": records_dir, "dataset": dataset_json},
+                     "min_length": min_length, "max_images": max_images, "records_dir": records_dir, "dataset": dataset_json},
     }

@@ -70,8 +70,9 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum())
 
 
-def brute_force(decoder, image, max_length, alpha):
-    """Every sentence (ends with END, or has max_length words) with its normalised score, best first."""
+def brute_force(decoder, image, max_length, alpha, min_length=1):
+    """Every sentence (ends with END, or has max_length words) with its normalised score, best first; END
+    only after at least ``min_length`` words (the search's default is 1)."""
     table, pair = decoder.table.numpy().astype(np.float64), decoder.pair.numpy().astype(np.float64)
     bias = image.astype(np.float64) @ decoder.projection.numpy().astype(np.float64)
     words = [w for w in range(decoder.vocab_size) if w != END]
@@ -79,6 +80,8 @@ def brute_force(decoder, image, max_length, alpha):
     for length in range(1, max_length + 1):
         bodies = itertools.product(words, repeat=length - 1)
         endings = [END] if length < max_length else list(range(decoder.vocab_size))
+        if length - 1 < min_length:  # END would come before min_length words
+            endings = [w for w in endings if w != END]
         for body in bodies:
             for last in endings:
                 seq = list(body) + [last]
@@ -90,14 +93,18 @@ def brute_force(decoder, image, max_length, alpha):
     return found
 
 
-def greedy_by_hand(decoder, image, max_length):
-    """Arg-max word each step until END or max_length, straight from the tables."""
+def greedy_by_hand(decoder, image, max_length, min_length=1):
+    """Arg-max word each step until END or max_length, straight from the tables; END is not a choice before
+    ``min_length`` words (its probability still counts in the others' log-softmax)."""
     table, pair = decoder.table.numpy().astype(np.float64), decoder.pair.numpy().astype(np.float64)
     bias = image.astype(np.float64) @ decoder.projection.numpy().astype(np.float64)
     prev, cur, seq, log_p = START, START, [], 0.0
     for t in range(max_length):
         dist = log_softmax(table[t, cur] + pair[prev] + bias)
-        word = int(np.argmax(dist))
+        allowed = dist.copy()
+        if t < min_length:
+            allowed[END] = -np.inf
+        word = int(np.argmax(allowed))
         seq.append(word)
         log_p += dist[word]
         if word == END:
@@ -165,22 +172,24 @@ def test_an_early_end_does_not_cost_the_beam_a_word():
     table[1, 1] = np.log([0.005, 0.005, 0.99, tiny])
     table[2, :2] = np.log([0.3, 0.3, 0.4, tiny])
     decoder = TableDecoder(table, np.zeros((4, 4)), np.zeros((1, 4)))
-    result = decode(decoder, np.zeros((1, 1)), beam_size=2, top_k=2, max_length=3, start_id=3, end_id=2)
+    result = decode(decoder, np.zeros((1, 1)), beam_size=2, top_k=2, max_length=3, start_id=3, end_id=2,
+                    min_length=0)  # END must be a candidate at the first step for this test
     got = [as_list(result.ids[0, j], result.lengths[0, j]) for j in range(2)]
     assert got == [[2], [1, 2]]
     np.testing.assert_allclose(result.scores[0], np.log([0.4, 0.25 * 0.99]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.7, 1.5])
-def test_wide_beam_matches_brute_force_top_k(alpha):
+@pytest.mark.parametrize("alpha, min_length", [(0.0, 1), (0.7, 1), (1.5, 1), (0.0, 0), (0.7, 2), (0.0, 3)])
+def test_wide_beam_matches_brute_force_top_k(alpha, min_length):
     # 16 alive prefixes x 5 words = 80 candidates at the widest step; beam 80 therefore sees every sentence.
     max_length, n_best = 3, 6
     decoder = random_decoder(seed=1, max_length=max_length)
     images = np.random.default_rng(2).normal(size=(2, 3))
-    result = decode(decoder, images, beam_size=80, max_length=max_length, alpha=alpha, top_k=n_best)
+    result = decode(decoder, images, beam_size=80, max_length=max_length, alpha=alpha, top_k=n_best,
+                    min_length=min_length)
     assert_well_formed(result, max_length)
     for b in range(len(images)):
-        expected = brute_force(decoder, images[b], max_length, alpha)
+        expected = brute_force(decoder, images[b], max_length, alpha, min_length)
         assert expected[n_best - 1][0] - expected[n_best][0] > 1e-4, "test tables must not tie at rank top_k"
         got = [as_list(result.ids[b, j], result.lengths[b, j]) for j in range(n_best)]
         assert got == [seq for _, seq in expected[:n_best]]
@@ -203,18 +212,21 @@ def test_narrow_beam_never_beats_the_optimum_and_scores_are_honest():
             assert result.scores[b, j] <= best + 1e-5
 
 
-def test_beam_one_is_exactly_greedy():
+@pytest.mark.parametrize("min_length", [1, 0, 3])
+def test_beam_one_is_exactly_greedy(min_length):
     max_length = 6
     images = np.random.default_rng(5).normal(size=(8, 3))
     for seed in range(3):
         decoder = random_decoder(seed=10 + seed, max_length=max_length)
-        beam = decode(decoder, images, beam_size=1, max_length=max_length)
+        beam = decode(decoder, images, beam_size=1, max_length=max_length, min_length=min_length)
         state = decoder.initial_state(tf.constant(images, tf.float32))
         greedy = greedy_search(decoder.step, state, len(images), max_length=max_length, start_id=START,
-                               end_id=END)
+                               end_id=END, min_length=min_length)
         np.testing.assert_array_equal(greedy.ids.numpy(), beam.ids)
         for b in range(len(images)):
-            seq, log_p = greedy_by_hand(decoder, images[b], max_length)
+            seq, log_p = greedy_by_hand(decoder, images[b], max_length, min_length)
+            if min_length:
+                assert len(seq) > min_length or (len(seq) == min_length == max_length), seq
             assert as_list(beam.ids[b, 0], beam.lengths[b, 0]) == seq
             np.testing.assert_allclose(beam.scores[b, 0], log_p, rtol=1e-4, atol=1e-5)
 
@@ -228,7 +240,7 @@ def test_length_normalisation_prefers_longer_sentences_as_alpha_grows():
     table[1, :2] = np.log([0.01, 0.01, 0.98, tiny])
     table[2, :2] = np.log([0.01, 0.01, 0.98, tiny])
     decoder = TableDecoder(table, np.zeros((4, 4)), np.zeros((1, 4)))
-    common = dict(beam_size=4, max_length=3, start_id=3, end_id=2, top_k=1)
+    common = dict(beam_size=4, max_length=3, start_id=3, end_id=2, top_k=1, min_length=0)  # a bare END may win
     raw = decode(decoder, np.zeros((1, 1)), alpha=0.0, **common)
     mean = decode(decoder, np.zeros((1, 1)), alpha=1.0, **common)
     assert as_list(raw.ids[0, 0], raw.lengths[0, 0]) == [2]
@@ -268,7 +280,7 @@ def test_exact_ties_keep_the_earlier_hypothesis_so_batching_cannot_change_result
     table[1:, 4] = [0.0, 0.0, 0.0, -np.inf, 0.0]
     projection = np.array([[0.0, 0.0, 0.0, 0.0, 40.0]])
     decoder = TableDecoder(table, np.zeros((5, 5)), projection)
-    common = dict(beam_size=2, top_k=1, max_length=4, start_id=3, end_id=2)
+    common = dict(beam_size=2, top_k=1, max_length=4, start_id=3, end_id=2, min_length=0)  # END may come first
     alone = decode(decoder, np.zeros((1, 1)), **common)
     together = decode(decoder, np.array([[0.0], [1.0]]), **common)
     assert as_list(alone.ids[0, 0], alone.lengths[0, 0]) == [2]
@@ -298,9 +310,29 @@ def test_finished_beams_never_grow_and_unended_beams_stop_at_max_length():
 def test_too_few_sentences_leave_empty_slots():
     # Two words, max_length 1: only "w" and "END" exist, so the third slot stays empty.
     decoder = TableDecoder(np.zeros((1, 2, 2)), np.zeros((2, 2)), np.zeros((1, 2)))
-    result = decode(decoder, np.zeros((1, 1)), beam_size=3, top_k=3, max_length=1, start_id=0, end_id=1)
+    result = decode(decoder, np.zeros((1, 1)), beam_size=3, top_k=3, max_length=1, start_id=0, end_id=1,
+                    min_length=0)
     assert sorted(as_list(result.ids[0, j], result.lengths[0, j])[0] for j in range(2)) == [0, 1]
     assert result.lengths[0, 2] == 0 and result.scores[0, 2] == -np.inf and np.all(result.ids[0, 2] == 0)
+
+
+def test_end_as_the_most_likely_first_word_still_gives_a_non_empty_caption():
+    """The served bug: <end> won the first step, so the best caption was ''. With the default min_length=1 the
+    best caption has a word; with min_length=0 the old behaviour (a bare END) is still available."""
+    tiny = 1e-6
+    table = np.full((3, 4, 4), np.log(tiny))
+    table[0, 3] = np.log([0.2, 0.1, 0.7, tiny])  # END (2) is the most likely first word
+    table[1, :2] = np.log([0.1, 0.1, 0.8, tiny])
+    table[2, :2] = np.log([0.1, 0.1, 0.8, tiny])
+    decoder = TableDecoder(table, np.zeros((4, 4)), np.zeros((1, 4)))
+    common = dict(max_length=3, start_id=3, end_id=2)
+    for beam_size in (1, 3):
+        result = decode(decoder, np.zeros((1, 1)), beam_size=beam_size, **common)
+        best = as_list(result.ids[0, 0], result.lengths[0, 0])
+        assert best == [0, 2]  # "a <end>": one word, then END
+        np.testing.assert_allclose(result.scores[0, 0], np.log(0.2 * 0.8), rtol=1e-5)
+        old = decode(decoder, np.zeros((1, 1)), beam_size=beam_size, min_length=0, **common)
+        assert as_list(old.ids[0, 0], old.lengths[0, 0]) == [2]
 
 
 # --- graph mode and export ----------------------------------------------------------------------------------
@@ -378,6 +410,8 @@ def test_unknown_vocab_width_and_python_int_batch():
         (dict(alpha=float("nan")), "alpha must be"),
         (dict(end_id=7), r"end_id \(7\) is outside the vocabulary of size 5"),
         (dict(vocab_size=6), "returned 5 logits per row, but vocab_size is 6"),
+        (dict(min_length=-1), "min_length must be"),
+        (dict(min_length=4), r"min_length \(4\) cannot exceed max_length \(3\)"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):

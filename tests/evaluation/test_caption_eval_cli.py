@@ -66,6 +66,8 @@ def test_captions_cli_writes_every_metric_novelty_samples_and_the_spice_note(cap
     assert 0.0 <= novelty["in_training_set"] <= 1.0
     assert novelty["novel"] == pytest.approx(1.0 - novelty["in_training_set"])
     assert result["settings"]["beam_size"] == 3 and result["split"] == "test" and "baseline" not in result
+    assert result["empty_captions"] == 0 and result["settings"]["min_length"] == 1  # no empty caption by default
+    assert all(sample["generated"].strip() for sample in result["samples"])
     truth = _toy_truth(toy_records)
     assert len(result["samples"]) == 4
     for sample in result["samples"]:

@@ -102,6 +102,7 @@ def test_region_model_describes_boxes_and_the_cli_writes_the_result(region_run, 
         assert isinstance(metrics[key], float), key
     assert metrics["METEOR"] == 0.25 and metrics["SPICE"] is None
     assert result["counts"]["images"] == 20 and result["counts"]["boxes_evaluated"] == metrics["n_images"]
+    assert result["counts"]["empty_captions"] == 0
     assert len(result["samples"]) == 5
     # Snippets are three words ("a red circle"): the region model learns them in 60 steps.
     assert metrics["BLEU-1"] > 0.6

@@ -206,7 +206,8 @@ def test_layout_assets_and_warmup(exported):
         assert [line.split("\t")[0] for line in fh.read().splitlines()] == exported["vocab"].words
     with open(os.path.join(version, "assets", "config.yaml"), encoding="utf-8") as fh:
         resolved = yaml.safe_load(fh)
-    assert resolved["decode"] == {"beam_size": BEAM, "max_length": MAX_LEN, "alpha": 0.0, "top_k": TOP_K}
+    assert resolved["decode"] == {"beam_size": BEAM, "max_length": MAX_LEN, "alpha": 0.0, "top_k": TOP_K,
+                                  "min_length": 1}
     assert resolved["backbone"] == exported["backbone"].name and resolved["crop_size"] == CROP
     assert resolved["proposer"] == f"grid|k={K_GRID}" and len(resolved["boxes"]) == K_GRID + 1
     requests = read_warmup_requests(version)
@@ -292,6 +293,7 @@ def test_warmup_requests_run(portable):
 def test_caption_signatures_match_eager_beam_search(exported, inputs, portable):
     captions, scores, ids = _eager_captions(exported, inputs["feats"][:, 0])
     assert len({c for row in captions for c in row}) > 1  # the check below is not vacuous
+    assert all(caption for row in captions for caption in row)  # min_length 1: no empty caption, in any slot
     _assert_captions(portable["outputs"]["caption_features"], captions, scores, ids)
     # caption_examples parses the same features from tf.Examples (each with its own number of regions).
     _assert_captions(portable["outputs"]["caption_examples"], captions, scores, ids)

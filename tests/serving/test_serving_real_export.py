@@ -104,6 +104,21 @@ def test_caption_cli_prints_the_saved_model_captions(server, real_export, in_pro
         np.testing.assert_allclose([float(s) for s in fields[2::2]], scores, atol=1e-4)
 
 
+def test_a_real_photo_gets_a_non_empty_caption(server):
+    """scikit-image's astronaut (a real photo, not a scene) over gRPC: the best caption has words (the bug was
+    '' because <end> won the first step)."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
+    with CaptionClient(server.address, MODEL, timeout=60.0) as client:
+        captions = client.caption([buffer.getvalue()])[0]
+    assert len(captions) == TOP_K and all(text.strip() for text, _ in captions), captions
+
+
 def test_bad_images_get_invalid_argument_and_the_server_keeps_serving(server, real_export, in_process):
     good = open(real_export["jpegs"][0], "rb").read()
     with CaptionClient(server.address, MODEL, timeout=60.0, retries=0) as client:
