@@ -24,7 +24,7 @@ from PIL import Image
 
 from karpalign.serving.client import CaptionClient
 from karpalign.serving.server import ServerConfig, start_server
-from karpalign.serving.toy_model import export_toy_model
+from karpalign.testing import export_toy_model
 
 
 def parse_args(argv=None):

@@ -98,10 +98,11 @@ SCRIPT = textwrap.dedent("""
     import contextlib, io, json, sys
     import karpalign
     from karpalign import config as C
+    from karpalign import demo as demo_lib
     from karpalign.cli import demo
 
-    quick = demo.load_demo_config(demo.DEFAULT_CONFIG, quick=True)  # what `karpalign-demo --quick` loads
-    full = demo.load_demo_config("demo")
+    quick = demo_lib.load_demo_config(demo_lib.DEFAULT_CONFIG, quick=True)  # what `karpalign-demo --quick` loads
+    full = demo_lib.load_demo_config("demo")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         bad_demo = demo.main(["--config", "no_such_recipe", "--quick", "--out", "unused"])
@@ -117,7 +118,7 @@ SCRIPT = textwrap.dedent("""
         "modules": sorted(m.__file__ for n, m in sys.modules.items()
                           if n.split(".")[0] == "karpalign" and getattr(m, "__file__", None)),
         "sys_path": sys.path, "meta_path": [repr(f) for f in sys.meta_path],
-        "default_config": demo.DEFAULT_CONFIG, "recipes": C.packaged_recipes(),
+        "default_config": demo_lib.DEFAULT_CONFIG, "recipes": C.packaged_recipes(),
         "resolved": {name: C.config_path(name) for name in C.packaged_recipes()},
         "quick_images": quick["scenes"]["num_images"], "full_images": full["scenes"]["num_images"],
         "quick_steps": quick["align"]["train"]["steps"], "full_steps": full["align"]["train"]["steps"],

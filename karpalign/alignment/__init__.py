@@ -1,18 +1,17 @@
 """MRF (Viterbi) snippet alignment of words to image regions, its accuracy, and pictures of it.
 
-``mrf`` and ``accuracy`` need only numpy (``tf_viterbi_align`` imports TensorFlow when called);
-``pictures`` needs Pillow.
+``mrf`` and ``accuracy`` need only numpy (``tf_viterbi_align`` and ``tune_beta`` import TensorFlow when called);
+``pictures`` needs Pillow. The box geometry (IoU) is :mod:`karpalign.vision.boxes`.
 """
 
 from karpalign.alignment.accuracy import (
     AlignmentAccuracy,
-    box_iou,
     majority_region,
-    region_matches,
     sentence_counts,
     snippet_accuracy,
     word_accuracy,
 )
+from karpalign.alignment.beta_search import tune_beta
 from karpalign.alignment.mrf import (
     PAD_ASSIGNMENT,
     Snippet,
@@ -28,15 +27,14 @@ __all__ = [
     "PAD_ASSIGNMENT",
     "Snippet",
     "alignment_energy",
-    "box_iou",
     "draw_alignment",
     "majority_region",
     "region_colours",
-    "region_matches",
     "sentence_counts",
     "snippet_accuracy",
     "snippets",
     "tf_viterbi_align",
+    "tune_beta",
     "viterbi_align",
     "word_accuracy",
     "write_alignment_html",

@@ -5,7 +5,8 @@ The synthetic scenes link phrases of each sentence to ground-truth boxes:
 aligns words to *its* regions, which depend on the region proposer, so a region is judged by geometry: region
 r matches ground-truth box k when IoU(region_boxes[r], gt_boxes[k]) >= ``iou_threshold`` (0.5 by default).
 With the ground-truth ``boxes`` proposer (region 0 = full image, region r = box r-1) this reduces to exact
-index correspondence; with any other proposer it is the usual detection criterion.
+index correspondence; with any other proposer it is the usual detection criterion (the geometry is
+:mod:`karpalign.vision.boxes`).
 
 Definitions (per sentence; the dataset figures pool the counts over all sentences, i.e. micro averages):
 
@@ -27,25 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-
-def box_iou(boxes_a, boxes_b) -> np.ndarray:
-    """IoU of every pair: (M, 4) x (K, 4) [ymin, xmin, ymax, xmax] -> (M, K); empty boxes give 0."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)  # (M, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)  # (K, 4)
-    top = np.maximum(a[:, None, 0], b[None, :, 0])  # (M, K)
-    left = np.maximum(a[:, None, 1], b[None, :, 1])
-    bottom = np.minimum(a[:, None, 2], b[None, :, 2])
-    right = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)  # (M, K)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (M,)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (K,)
-    union = area_a[:, None] + area_b[None, :] - inter  # (M, K)
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def region_matches(region_boxes, gt_boxes, iou_threshold: float = 0.5) -> np.ndarray:
-    """(M, K) bool: region r matches ground-truth box k when their IoU >= ``iou_threshold``."""
-    return box_iou(region_boxes, gt_boxes) >= iou_threshold
+from karpalign.vision.boxes import region_matches
 
 
 def _check_boxes(boxes, name: str, where: str) -> np.ndarray:

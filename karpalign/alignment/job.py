@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -40,21 +41,46 @@ PICTURES_PAGE = "index.html"
 
 
 def _assigner(model, beta: float):
-    """A tf.function: (features (B, R, D), region mask (B, R), image of each sentence (N,), ids (N, T),
-    word mask (N, T)) -> (Viterbi region per word (N, T), unary scores (N, T, R)) for each sentence's own image.
+    """(features (B, R, D), region mask (B, R), image of each sentence (N,), ids (N, T), word mask (N, T)) ->
+    (Viterbi region per word (N, T), unary scores (N, T, R)) for each sentence's own image, with ``beta``.
 
-    Batch sizes vary (last batch, sentences per image), so shapes are relaxed instead of traced once per size.
+    Batch sizes vary (last batch, sentences per image) and every split, beta of the search and the pictures
+    ask for an assigner, so the graph is one ``tf.function`` per model (and input dtypes / D) with ``None``
+    batch dims and beta as an input: traced once per command, never per batch, split or beta.
     """
+    beta = tf.constant(beta, tf.float32)
 
-    @tf.function(reduce_retracing=True)
     def assign(feats, rmask, which, ids, wmask):
-        v = model.embed_images(feats, rmask, training=False)  # (B, R, H)
-        s = model.embed_sentences(ids, wmask, training=False)  # (N, T, H)
-        v_own = tf.gather(v, which)  # (N, R, H)
-        unary = tf.einsum("nth,nrh->ntr", s, v_own)  # (N, T, R)
-        return tf_viterbi_align(unary, wmask > 0, tf.gather(rmask, which) > 0, beta), unary
+        return _assign_function(model, feats, rmask, which, ids, wmask)(feats, rmask, which, ids, wmask, beta)
 
     return assign
+
+
+# model -> {input signature: tf.function}; the functions hold the model weakly, so an entry goes with its model.
+_ASSIGN_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _assign_function(model, feats, rmask, which, ids, wmask):
+    signature = (tf.TensorSpec([None, None, feats.shape[-1]], feats.dtype, name="region_features"),
+                 tf.TensorSpec([None, None], rmask.dtype, name="region_mask"),
+                 tf.TensorSpec([None], which.dtype, name="image_of_sentence"),
+                 tf.TensorSpec([None, None], ids.dtype, name="token_ids"),
+                 tf.TensorSpec([None, None], wmask.dtype, name="word_mask"),
+                 tf.TensorSpec([], tf.float32, name="beta"))
+    functions = _ASSIGN_FUNCTIONS.setdefault(model, {})
+    if signature not in functions:
+        model_ref = weakref.ref(model)
+
+        def viterbi_assign(feats, rmask, which, ids, wmask, beta):
+            m = model_ref()
+            v = m.embed_images(feats, rmask, training=False)  # (B, R, H)
+            s = m.embed_sentences(ids, wmask, training=False)  # (N, T, H)
+            v_own = tf.gather(v, which)  # (N, R, H)
+            unary = tf.einsum("nth,nrh->ntr", s, v_own)  # (N, T, R)
+            return tf_viterbi_align(unary, wmask > 0, tf.gather(rmask, which) > 0, beta), unary
+
+        functions[signature] = tf.function(viterbi_assign, input_signature=signature)
+    return functions[signature]
 
 
 def align_split(model, records_dir: str, split: str, out_dir: str, *, beta: float, max_words: int,

@@ -407,6 +407,28 @@ def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
     return ExtractResult(manifest=manifest, manifest_path=manifest_path, counters=counters)
 
 
+def _runner(options: PipelineOptions):
+    """(runner object or None, its name for the log) for ``beam.Pipeline``.
+
+    A ``--runner`` in the Beam arguments is used as given (None: Beam builds it from the options). Without
+    one, the job runs on Beam's local batch runner, the ``FnApiRunner``, chosen here explicitly: Beam's default
+    ``DirectRunner`` first tries the Prism runner, which downloads a binary from GitHub on first use (and logs
+    a failed download and a fallback offline), and then falls back to this same ``FnApiRunner``. The
+    ``--direct_num_workers`` / ``--direct_running_mode`` options apply to it as to the ``DirectRunner``, and
+    the options are handed to its workers the way the ``DirectRunner`` does.
+    """
+    name = options.view_as(StandardOptions).runner
+    if name:
+        return None, name
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision), "FnApiRunner (local)"
+
+
 def run_extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> ExtractResult:
     """Plans, runs the pipeline with the given Beam options (runner, project, ...), and finalizes.
 
@@ -419,10 +441,10 @@ def run_extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> Ext
         raise ExtractError(f"{config.dataset} has no images in the chosen splits {list(plan.splits)}")
     prepare_output(plan)
     options = PipelineOptions(list(pipeline_args))
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    runner, runner_name = _runner(options)
     _log.info("karpalign-extract: %d images (%s) -> %s with %s, %s regions, runner %s", len(plan.items),
-              ", ".join(plan.splits), config.out, plan.cnn_spec, plan.proposer.tag, runner)
-    p = beam.Pipeline(options=options)
+              ", ".join(plan.splits), config.out, plan.cnn_spec, plan.proposer.tag, runner_name)
+    p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, plan)
     result = p.run()
     result.wait_until_finish()

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
 
+    from karpalign.alignment.beta_search import tune_beta
     from karpalign.alignment.job import align_split, write_alignment_pictures, write_region_manifest
     from karpalign.data.records import DatasetError, read_karpathy_json
     from karpalign.training.run_dir import RunDir
@@ -123,28 +124,6 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
     return 0
-
-
-def tune_beta(model, records_dir: str, split: str, betas: list[float], ground_truth: dict, *, max_words: int,
-              max_images: int | None = None) -> tuple[float, dict]:
-    """Aligns ``split`` with each beta (outputs thrown away) -> (best beta, {"split", "word_accuracy": {beta:
-    acc}, "chosen"}). Ties go to the smaller beta. Raises ValueError when the split has no phrase links."""
-    import tempfile
-
-    from karpalign.alignment.job import align_split
-
-    accuracy = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for beta in betas:
-            r = align_split(model, records_dir, split, tmp, beta=beta, max_words=max_words,
-                            ground_truth=ground_truth, max_images=max_images, progress=False)
-            acc = (r.get("accuracy") or {}).get("word_accuracy")
-            if acc is None:
-                raise ValueError(f"split {split} has no words linked to ground-truth boxes in the dataset, so "
-                                 "beta cannot be tuned on it")
-            accuracy[f"{beta:g}"] = acc
-    best = min(betas, key=lambda b: (-accuracy[f"{b:g}"], b))
-    return best, {"split": split, "word_accuracy": accuracy, "chosen": best}
 
 
 def _report_pictures(r: dict) -> None:

@@ -97,8 +97,9 @@ def _splits(args):
 
 def main(argv=None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    # karpalign's own progress at INFO; other libraries (Beam's runner notes, TF) only from WARNING on.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("karpalign").setLevel(logging.WARNING if args.quiet else logging.INFO)
     if args.neuraltalk_features:
         return _neuraltalk(args, beam_args)
 

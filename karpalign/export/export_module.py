@@ -165,7 +165,7 @@ class ExportModule(tf.Module):
         if self.cnn is not None:
             specs = {"serving_default": ({"images": tf.TensorSpec([None], tf.string, name="images")},
                                          self.caption_images_fn), **specs}
-        return {name: _dict_endpoint(fn, spec) for name, (spec, fn) in specs.items()}
+        return {name: _dict_endpoint(fn, spec, name) for name, (spec, fn) in specs.items()}
 
     def signatures(self) -> dict:
         """{signature name: concrete function} for :func:`karpalign.export.saved_model.save_for_serving`."""
@@ -200,7 +200,8 @@ class ExportModule(tf.Module):
         """Region features (B, R, D), region 0 the full image -> captions (B, K), scores (B, K), ids (B, K, L)."""
         d = self.decode
         result = decode_image_vectors(self.generator, region_features[:, 0, :], beam_size=int(d.beam_size),
-                                      max_length=int(d.max_length), alpha=float(d.alpha), top_k=int(d.top_k))
+                                      max_length=int(d.max_length), alpha=float(d.alpha), top_k=int(d.top_k),
+                                      min_length=int(d.min_length))
         return {"captions": self.ids_to_text(result.ids), "scores": result.scores, "token_ids": result.ids}
 
     def ids_to_text(self, ids):
@@ -266,6 +267,13 @@ class _Untracked:
         self.__dict__.update(attributes)
 
 
-def _dict_endpoint(fn, spec: dict):
-    """``fn(**inputs)`` as a tf.function of one dict argument with the named TensorSpecs ``spec``."""
-    return tf.function(lambda inputs: fn(**inputs), input_signature=[spec])
+def _dict_endpoint(fn, spec: dict, name: str):
+    """``fn(**inputs)`` as a tf.function of one dict argument with the named TensorSpecs ``spec``, named ``name``
+    (its graph and function names in the SavedModel, e.g. ``__inference_caption_features_123``, not
+    ``<lambda>``)."""
+
+    def endpoint(inputs):
+        return fn(**inputs)
+
+    endpoint.__name__ = endpoint.__qualname__ = name
+    return tf.function(endpoint, input_signature=[spec])

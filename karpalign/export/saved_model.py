@@ -13,6 +13,7 @@ are not integers) and renamed to ``VERSION`` only when complete, so a server nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -192,7 +193,38 @@ def save_for_serving(module, directory: str, signatures: dict) -> None:
                 seen.add(id(variable))
                 captured.append(variable)
     module.serving_variables = captured
-    tf.saved_model.save(module, directory, signatures=concrete)
+    with _without_capture_renaming_notes():
+        tf.saved_model.save(module, directory, signatures=concrete)
+
+
+# TensorFlow's INFO note (on the "absl" logger, which TF's Python modules log through) for every signature whose
+# graph has captured inputs (variable handles, table handles, loop inputs read inside tf.while_loop / tf.scan)
+# named by TensorFlow ("resource", "input_12") where the saved function uses unique names. Every serving
+# signature reads variables in loops (beam search, the BRNN, the MRF), so it would print a page of these notes
+# on each export; the names are internal, never the signature's input or output aliases, so the note says
+# nothing actionable.
+_CAPTURE_RENAMING_NOTE = "contains input name(s)"
+
+
+class _DropCaptureRenamingNotes(logging.Filter):
+    def filter(self, record):
+        return _CAPTURE_RENAMING_NOTE not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_capture_renaming_notes():
+    """Drops :data:`_CAPTURE_RENAMING_NOTE` records from TensorFlow's loggers while saving; other TF logs pass."""
+    from absl import logging as absl_logging  # TensorFlow's dependency; imported so "absl" is absl's logger
+
+    loggers = (absl_logging.get_absl_logger(), logging.getLogger("tensorflow"))
+    note_filter = _DropCaptureRenamingNotes()
+    for logger in loggers:
+        logger.addFilter(note_filter)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(note_filter)
 
 
 def warmup_requests(module: ExportModule) -> list[tuple[str, dict]]:

@@ -4,6 +4,11 @@ A :class:`Task` says how to build the model, the per-replica dataset, the per-re
 metric; :func:`train` does the rest the same way for all tasks: strategy scope, optimizer with element-wise
 clipping, checkpoints every N steps with resume (model, optimizer, step and input position), TensorBoard
 scalars, a progress bar, validation with the best checkpoint kept, seeds and mixed precision.
+
+:func:`train` reads top to bottom through its parts: :func:`_build_state` (model, optimizer, counters and
+checkpoints, built in the strategy scope; resume), :func:`_distributed_train_step` (the replica step with
+global-gradient clipping), :class:`_Bookkeeping` (logging, validation, best and periodic checkpoints after
+each step) and :func:`_save_best_model` (the final model is the best validation checkpoint).
 """
 
 from __future__ import annotations
@@ -89,13 +94,17 @@ def _set_precision(cfg: Config) -> None:
     keras.mixed_precision.set_dtype_policy(policy)
 
 
+def _worker_dir(out_dir: str, strategy) -> str:
+    """The scratch folder of a non-chief worker (removed when its train() call ends)."""
+    resolver = strategy.cluster_resolver
+    return os.path.join(out_dir, f".worker_{resolver.task_type}_{resolver.task_id}")
+
+
 def _checkpoint_dir(out_dir: str, strategy, name: str) -> str:
     """Chief writes under out_dir; other workers write to a scratch folder (they must take part in saving)."""
-    base = os.path.join(out_dir, name)
     if is_chief(strategy):
-        return base
-    resolver = strategy.cluster_resolver
-    return os.path.join(out_dir, f".worker_{resolver.task_type}_{resolver.task_id}", name)
+        return os.path.join(out_dir, name)
+    return os.path.join(_worker_dir(out_dir, strategy), name)
 
 
 class _Progress:
@@ -124,29 +133,23 @@ class _Progress:
         sys.stderr.flush()
 
 
-def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
-    """Trains ``task_cls(cfg)`` for ``cfg.train.steps`` steps, resuming from the newest checkpoint in out_dir.
+@dataclasses.dataclass
+class _TrainState:
+    """What :func:`train` builds in the strategy scope, and the two checkpoint managers that save it."""
 
-    ``stop_after`` ends this call after that many steps of this run (the run can be resumed later).
-    """
-    out_dir = out_dir or cfg.runtime.output_dir
-    if getattr(task_cls, "name", None) in run_dir.TASK_MODELS and cfg.train.task != task_cls.name:
-        # The saved config says which task made the run (RunDir refuses a run of another task).
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task=task_cls.name))
-    keras.utils.set_random_seed(cfg.train.seed)
-    _set_precision(cfg)
-    strategy = get_distribution_strategy(cfg.runtime.strategy, cfg.runtime.devices, cfg.runtime.tpu)
-    chief = is_chief(strategy)
-    if chief:
-        os.makedirs(out_dir, exist_ok=True)
-        save_config(cfg, out_dir, run_dir.CONFIG)
-    task = task_cls(cfg)
-    global_batch = cfg.train.batch_size
-    if global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"train.batch_size {global_batch} is not divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas")
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable  # () int64, steps done so far (restored on resume)
+    best_score: tf.Variable  # () float64, best validation score so far
+    checkpoint: tf.train.Checkpoint  # model, optimizer, step, best_score
+    manager: tf.train.CheckpointManager  # checkpoints/: every checkpoint_every steps, for resuming
+    best_checkpoint: tf.train.Checkpoint  # model only
+    best_manager: tf.train.CheckpointManager  # best/: the best validation checkpoint
 
+
+def _build_state(cfg: Config, task: Task, strategy, out_dir: str) -> _TrainState:
+    """Builds model, optimizer and counters inside the strategy scope, their checkpoint managers, and restores
+    the newest checkpoint of out_dir if there is one."""
     with strategy.scope():
         model = task.build_model()
         optimizer = make_optimizer(cfg)
@@ -158,18 +161,17 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
     manager = tf.train.CheckpointManager(ckpt, _checkpoint_dir(out_dir, strategy, run_dir.CHECKPOINTS),
                                          max_to_keep=cfg.train.keep_checkpoints)
     best_ckpt = tf.train.Checkpoint(model=model)
-    best_manager = tf.train.CheckpointManager(best_ckpt, _checkpoint_dir(out_dir, strategy, run_dir.BEST), max_to_keep=1)
+    best_manager = tf.train.CheckpointManager(best_ckpt, _checkpoint_dir(out_dir, strategy, run_dir.BEST),
+                                              max_to_keep=1)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}", file=sys.stderr)
+    return _TrainState(model, optimizer, step, best_score, ckpt, manager, best_ckpt, best_manager)
 
-    # The input stream is deterministic (seeded shuffles), so resuming skips the batches already consumed:
-    # the run continues with exactly the batches it would have seen, on every strategy.
-    done_steps = int(step.numpy())
-    dist_ds = strategy.distribute_datasets_from_function(lambda ctx: task.dataset(ctx).skip(done_steps))
-    iterator = iter(dist_ds)
 
-    clip = cfg.train.clip_value
+def _distributed_train_step(task: Task, model, optimizer, strategy, global_batch: int, clip: float):
+    """-> ``train_step(iterator)``: one optimizer step on every replica (a ``tf.function``), returning the
+    loss summed over replicas (each replica's loss is already divided by the global batch: the mean)."""
 
     def replica_step(batch):
         with tf.GradientTape() as tape:
@@ -195,17 +197,102 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         per_replica = strategy.run(replica_step, args=(next(it),))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    writer = tf.summary.create_file_writer(run_dir.RunDir(out_dir).tensorboard_dir) if chief else \
-        tf.summary.create_noop_writer()
-    history_path = run_dir.RunDir(out_dir).history_path
+    return train_step
+
+
+class _Bookkeeping:
+    """What happens after each step: TensorBoard scalars every log_every steps; every eval_every steps (and at
+    the last) validation, keeping the best checkpoint and appending to history.jsonl; checkpoints every
+    checkpoint_every steps (and at the last). ``best`` is the best validation entry of this call."""
+
+    def __init__(self, cfg: Config, task: Task, state: _TrainState, out_dir: str, chief: bool):
+        self.cfg, self.task, self.state, self.chief = cfg, task, state, chief
+        run = run_dir.RunDir(out_dir)
+        self.writer = (tf.summary.create_file_writer(run.tensorboard_dir) if chief
+                       else tf.summary.create_noop_writer())
+        self.history_path = run.history_path
+        self.best = {}
+
+    def after_step(self, s: int, loss_value: float) -> None:
+        t = self.cfg.train
+        last = s == t.steps
+        if s % t.log_every == 0 or last:
+            with self.writer.as_default():
+                tf.summary.scalar("train/loss", loss_value, step=s)
+                tf.summary.scalar("train/learning_rate", t.learning_rate, step=s)
+        if (t.eval_every and s % t.eval_every == 0) or last:
+            self._validate(s, loss_value)
+        if s % t.checkpoint_every == 0 or last:
+            self.state.manager.save(checkpoint_number=s)
+
+    def _validate(self, s: int, loss_value: float) -> None:
+        metrics = self.task.validate(self.state.model)
+        improved = metrics["score"] > float(self.state.best_score.numpy())
+        if improved:
+            self.state.best_score.assign(metrics["score"])
+            self.state.best_manager.save(checkpoint_number=s)
+            self.best = {"step": s, **metrics}
+        with self.writer.as_default():
+            for k, v in metrics.items():
+                tf.summary.scalar(f"val/{k}", float(v), step=s)
+        if self.chief:
+            with open(self.history_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": s, "loss": loss_value, "improved": bool(improved),
+                                    **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            print(f"\nstep {s} validation: " + ", ".join(f"{k} {float(v):.3f}" for k, v in metrics.items())
+                  + (" (best)" if improved else ""), file=sys.stderr)
+
+    def close(self) -> None:
+        self.writer.flush()
+
+
+def _save_best_model(task: Task, state: _TrainState, out_dir: str, chief: bool) -> None:
+    """Final model = best validation checkpoint; the chief writes it with ``task.save_model``."""
+    if state.best_manager.latest_checkpoint:
+        state.best_checkpoint.restore(state.best_manager.latest_checkpoint).expect_partial()
+    if chief:
+        task.save_model(state.model, out_dir)
+
+
+def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Trains ``task_cls(cfg)`` for ``cfg.train.steps`` steps, resuming from the newest checkpoint in out_dir.
+
+    ``stop_after`` ends this call after that many steps of this run (the run can be resumed later).
+    """
+    out_dir = out_dir or cfg.runtime.output_dir
+    if getattr(task_cls, "name", None) in run_dir.TASK_MODELS and cfg.train.task != task_cls.name:
+        # The saved config says which task made the run (RunDir refuses a run of another task).
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task=task_cls.name))
+    keras.utils.set_random_seed(cfg.train.seed)
+    _set_precision(cfg)
+    strategy = get_distribution_strategy(cfg.runtime.strategy, cfg.runtime.devices, cfg.runtime.tpu)
+    chief = is_chief(strategy)
+    if chief:
+        os.makedirs(out_dir, exist_ok=True)
+        save_config(cfg, out_dir, run_dir.CONFIG)
+    task = task_cls(cfg)
+    global_batch = cfg.train.batch_size
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"train.batch_size {global_batch} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+
+    state = _build_state(cfg, task, strategy, out_dir)
+    step = state.step
+    # The input stream is deterministic (seeded shuffles), so resuming skips the batches already consumed:
+    # the run continues with exactly the batches it would have seen, on every strategy.
+    done_steps = int(step.numpy())
+    dist_ds = strategy.distribute_datasets_from_function(lambda ctx: task.dataset(ctx).skip(done_steps))
+    iterator = iter(dist_ds)
+    train_step = _distributed_train_step(task, state.model, state.optimizer, strategy, global_batch,
+                                         cfg.train.clip_value)
+    book = _Bookkeeping(cfg, task, state, out_dir, chief)
+
     total = cfg.train.steps
-    start = int(step.numpy())
-    bar = _Progress(total, start, progress and chief)
-    eval_every = cfg.train.eval_every
+    bar = _Progress(total, done_steps, progress and chief)
     t0 = time.time()
     loss_value = float("nan")
     ran = 0
-    best = {}
     losses = []
     while int(step.numpy()) < total and (stop_after is None or ran < stop_after):
         loss_value = float(train_step(iterator))
@@ -217,39 +304,14 @@ def train(cfg: Config, task_cls, *, out_dir: str | None = None, progress: bool =
         losses.append(loss_value)
         s = int(step.numpy())
         bar.update(s, loss_value)
-        if s % cfg.train.log_every == 0 or s == total:
-            with writer.as_default():
-                tf.summary.scalar("train/loss", loss_value, step=s)
-                tf.summary.scalar("train/learning_rate", cfg.train.learning_rate, step=s)
-        if (eval_every and s % eval_every == 0) or s == total:
-            metrics = task.validate(model)
-            improved = metrics["score"] > float(best_score.numpy())
-            if improved:
-                best_score.assign(metrics["score"])
-                best_manager.save(checkpoint_number=s)
-                best = {"step": s, **metrics}
-            with writer.as_default():
-                for k, v in metrics.items():
-                    tf.summary.scalar(f"val/{k}", float(v), step=s)
-            if chief:
-                with open(history_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": s, "loss": loss_value, "improved": bool(improved),
-                                        **{k: float(v) for k, v in metrics.items()}}) + "\n")
-                print(f"\nstep {s} validation: " + ", ".join(f"{k} {float(v):.3f}" for k, v in metrics.items())
-                      + (" (best)" if improved else ""), file=sys.stderr)
-        if s % cfg.train.checkpoint_every == 0 or s == total:
-            manager.save(checkpoint_number=s)
-    writer.flush()
+        book.after_step(s, loss_value)
+    book.close()
     if int(step.numpy()) >= total:
-        # Final model = best validation checkpoint.
-        if best_manager.latest_checkpoint:
-            best_ckpt.restore(best_manager.latest_checkpoint).expect_partial()
-        if chief:
-            task.save_model(model, out_dir)
+        _save_best_model(task, state, out_dir, chief)
     if not chief:
-        shutil.rmtree(os.path.join(out_dir, f".worker_{strategy.cluster_resolver.task_type}_"
-                                            f"{strategy.cluster_resolver.task_id}"), ignore_errors=True)
+        shutil.rmtree(_worker_dir(out_dir, strategy), ignore_errors=True)
     history = run_dir.RunDir(out_dir).read_history()
+    best = book.best
     if not best and history:
         best = max(history, key=lambda h: h.get("score", -np.inf))
     return TrainResult(steps=int(step.numpy()), final_loss=loss_value, best=best, history=history,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -80,8 +81,7 @@ def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table
     Returns dict: ``v`` (N, R, H), ``v_mask`` (N, R), ``s`` (M, T, H), ``s_mask`` (M, T), ``image_of_sentence``
     (M,), ``image_ids`` (N,), ``tokens`` (list of M token lists), ``boxes`` (N, R, 4), ``raw`` (M,).
     """
-    embed_images = tf.function(lambda f, m: model.embed_images(f, m, training=False))
-    embed_sentences = tf.function(lambda i, m: model.embed_sentences(i, m, training=False))
+    embed_images, embed_sentences = _embedders(model, max_words)
     out = {k: [] for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "image_ids", "tokens", "boxes",
                            "raw")}
     n = 0
@@ -104,6 +104,32 @@ def embed_split(model: AlignmentModel, records_dir: str, split: str, vocab_table
     for k in ("v", "v_mask", "s", "s_mask", "image_of_sentence", "boxes"):
         out[k] = np.concatenate(out[k])
     return out
+
+
+# model -> {max_words: (embed_images, embed_sentences)}: one trace per model and sentence length, never per call
+# (validation embeds the val split every eval_every steps); the functions hold the model weakly.
+_EMBEDDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _embedders(model: AlignmentModel, max_words: int):
+    """``tf.function``s embedding regions (B, R, D) + mask and token ids (N, T) + mask, batch dims None."""
+    functions = _EMBEDDERS.setdefault(model, {})
+    if max_words not in functions:
+        ref = weakref.ref(model)
+        feature_dim = int(model.region_embedding.proj.kernel.shape[0])
+
+        def embed_images(feats, mask):
+            return ref().embed_images(feats, mask, training=False)  # (B, R, H)
+
+        def embed_sentences(ids, mask):
+            return ref().embed_sentences(ids, mask, training=False)  # (N, T, H)
+
+        functions[max_words] = (
+            tf.function(embed_images, input_signature=[tf.TensorSpec([None, None, feature_dim], tf.float32),
+                                                       tf.TensorSpec([None, None], tf.float32)]),
+            tf.function(embed_sentences, input_signature=[tf.TensorSpec([None, max_words], tf.int32),
+                                                          tf.TensorSpec([None, max_words], tf.float32)]))
+    return functions[max_words]
 
 
 class AlignTask(_RecordsTask):
@@ -204,12 +230,19 @@ class CaptionTask(_RecordsTask):
         # Sum of word losses per sentence, averaged over the global batch of sentences.
         return tf.reduce_sum(self.token_losses(model, batch, training)) / global_batch_size
 
+    def _validation_step(self, model):
+        """Per-word losses of a validation batch, one ``tf.function`` per model (traced once, not per eval)."""
+        if getattr(self, "_val_model", None) is not model:
+            self._val_model = model
+            self._val_step = tf.function(lambda b: self.token_losses(model, b, False), reduce_retracing=True)
+        return self._val_step
+
     def validate(self, model):
         # Every sentence of the first val_max_images images (however many sentences each image has).
         ds = P.caption_dataset(self.records_dir, "val", P.vocab_table(self.records_dir), shuffle=False,
                                repeat=False, max_images=self.cfg.train.val_max_images,
                                **{**self._data_kwargs(), "global_batch_size": 64})
-        step = tf.function(lambda b: self.token_losses(model, b, False))
+        step = self._validation_step(model)
         total, words = 0.0, 0.0
         for batch in ds:
             total += float(tf.reduce_sum(step(batch)))

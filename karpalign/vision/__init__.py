@@ -10,6 +10,7 @@ Modules (imported on demand, so ``import karpalign.vision.images`` does not pull
 - ``torch_pickle``     ``load_torch_state_dict(path)``: legacy torch ``.pth`` -> numpy, without torch
 - ``efficientnet_lite`` ``efficientnet_lite0(...)`` Keras model with converted ImageNet weights
 - ``backbones``        ``Backbone``, ``get_backbone(spec)``
+- ``boxes``            numpy box geometry: ``box_iou``, ``region_matches``, greedy ``nms``
 - ``proposers``        ``BoxesProposer``, ``GridProposer``, ``DetectorProposer``, ``crop_regions``,
                        ``region_features``
 """

@@ -32,6 +32,23 @@ from karpalign.vision.region_features import cnn_features_tf, map_pixels, pixel_
 
 DEFAULT_SPEC = "efficientnet_lite0"
 DEFAULT_INPUT_SIZE = (224, 224)
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)  # any batch, any size
+
+
+class _Traced:
+    """``fn`` as a callable object, for ``tf.function``.
+
+    TensorFlow keeps its retracing statistics per Python code object, so the lambdas of every Backbone in a
+    process share one counter, and five backbones tracing once each read as "5 out of the last 5 calls ...
+    triggered tf.function retracing". A callable object is its own key: the statistics are per backbone.
+    """
+
+    def __init__(self, fn, name: str):
+        self.fn = fn
+        self.__name__ = name
+
+    def __call__(self, x):
+        return self.fn(x)
 
 
 class Backbone:
@@ -48,12 +65,14 @@ class Backbone:
         self.input_size = _check_size(input_size, name)
         self.value_range = value_range
         self.fixed_size = fixed_size
+        # One trace each for every batch and crop size: the network, and the network in chunks of at most 32
+        # images, pooled. Each is traced through its own _Traced object (see there), so backbones made one after
+        # another in a process (Beam DoFns, tests) never read as tf.function retracing.
         if not isinstance(model_fn, tf.types.experimental.PolymorphicFunction):
-            model_fn = tf.function(model_fn, reduce_retracing=True)
+            model_fn = tf.function(_Traced(model_fn, "backbone_network"), input_signature=[_IMAGES])
         self._model_fn = model_fn
-        # The network in chunks of at most 32 images, pooled: one trace for every batch and crop size.
-        self._chunked = tf.function(lambda x: cnn_features_tf(self._model_fn, x, self.name),
-                                    input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        self._chunked = tf.function(_Traced(lambda x: cnn_features_tf(self._model_fn, x, self.name),
+                                            "backbone_features"), input_signature=[_IMAGES])
         self._feature_dim: int | None = None
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from karpalign.vision.boxes import box_iou
 from karpalign.vision.region_features import crop_regions_tf
 
 FULL_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
@@ -312,8 +313,6 @@ def proposal_recall(proposals, gt_boxes, iou_threshold: float = 0.5) -> tuple[in
     """Object recall of region proposals over images: ``proposals`` and ``gt_boxes`` are per-image sequences of
     ``(R, 4)`` / ``(n, 4)`` normalised boxes -> (ground-truth boxes that some proposal of their image overlaps
     with IoU >= ``iou_threshold``, ground-truth boxes)."""
-    from karpalign.alignment.accuracy import box_iou
-
     if len(proposals) != len(gt_boxes):
         raise ValueError(f"proposal_recall: {len(proposals)} proposal sets for {len(gt_boxes)} images")
     found = total = 0

@@ -27,7 +27,8 @@ small, model-free version of it, tuned for few (K = 19) proposals per image:
    random factor finds 93% of the objects at K = 19 and 86% at K = 9, this score 98% and 95%, and every region
    of the hierarchy together 99%.) Ties go to the region created first. Boxes smaller than ``min_area`` or
    larger than ``max_area`` (fractions of the image; the full image is always region 0 anyway) are dropped,
-   then greedy non-maximum suppression at ``iou_threshold`` keeps the best ``k``.
+   then greedy non-maximum suppression at ``iou_threshold`` (:func:`karpalign.vision.boxes.nms`) keeps the best
+   ``k``.
 
 Everything is deterministic: the same image always gives the same boxes.
 """
@@ -40,6 +41,8 @@ import heapq
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from karpalign.vision.boxes import nms
 
 
 def check_image(image, where: str = "image") -> np.ndarray:
@@ -211,23 +214,6 @@ def group_regions(labels: np.ndarray, image: np.ndarray, bins: int = 25) -> Hier
         r += 1
     return Hierarchy(boxes=boxes[:r].astype(np.intp), sizes=sizes[:r].astype(np.intp), parent=parent[:r],
                      exit_similarity=exit_similarity[:r], num_initial=n, image_shape=(h, w))
-
-
-def nms(boxes: np.ndarray, iou_threshold: float, max_out: int) -> list[int]:
-    """Greedy non-maximum suppression of ``(N, 4)`` boxes given best first -> kept indices (<= ``max_out``).
-
-    A box is dropped when its IoU with an already kept box exceeds ``iou_threshold``.
-    """
-    from karpalign.alignment.accuracy import box_iou
-
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    order = np.arange(len(boxes))
-    keep: list[int] = []
-    while len(order) and len(keep) < max_out:
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]  # IoU with the box just kept
-    return keep
 
 
 def selective_search(image: np.ndarray, k: int, *, scale: float, sigma: float, min_segment: float, max_side: int,

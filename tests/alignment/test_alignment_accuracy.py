@@ -5,13 +5,12 @@ import pytest
 
 from karpalign.alignment.accuracy import (
     AlignmentAccuracy,
-    box_iou,
     majority_region,
-    region_matches,
     sentence_counts,
     snippet_accuracy,
     word_accuracy,
 )
+from karpalign.vision.boxes import box_iou, region_matches
 
 FULL = [0.0, 0.0, 1.0, 1.0]
 GT = np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]])  # box 0: "red circle", box 1: "blue square"

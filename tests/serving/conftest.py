@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from karpalign.serving.server import ServerConfig, start_server
-from karpalign.serving.toy_model import export_toy_model
+from karpalign.testing import export_toy_model
 
 MAX_IMAGE_PIXELS = 64 * 64  # small, so the oversized-image test needs no big image
 MAX_REQUEST_BYTES = 256 * 1024

@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from karpalign.serving import client as serving_client
 from karpalign.serving.client import CaptionClient
 from karpalign.serving.server import ServerConfig, start_server
-from karpalign.serving.toy_model import export_toy_model
+from karpalign.testing import export_toy_model
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from karpalign.serving import warmup
 from karpalign.serving.server import InputLimits, ModelRepository
-from karpalign.serving.toy_model import export_toy_model
+from karpalign.testing import export_toy_model
 
 
 @pytest.fixture()

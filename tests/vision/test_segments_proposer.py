@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from karpalign.alignment.accuracy import box_iou
 from karpalign.vision import selective_search as ss
+from karpalign.vision.boxes import box_iou
 from karpalign.vision.proposers import (SegmentsProposer, check_boxes, get_proposer, parse_segments_spec,
                                         proposal_recall, proposer_name)
 

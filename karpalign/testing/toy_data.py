@@ -1,4 +1,4 @@
-"""Small learnable data in karpalign's formats, for tests and examples.
+"""Small learnable data in karpalign's formats, for tests and examples (re-exported by ``karpalign.testing``).
 
 Each image holds 1-3 objects (a colour and a shape); its region features are a fixed random code of the
 object's colour plus one of its shape (plus noise), region 0 being the mean of the objects. A Karpathy
