@@ -10,8 +10,9 @@ heads of the paper's sizes), then times, per batch size:
   (TF2 object path, as an embedding TF program calls it);
 - ``session``: the same signature run the way TF Serving runs it (``karpalign.serving.loading.SessionModel``: the
   SavedModel in a session restored by the graph's saver, one ``Session.run`` per call);
-- ``eager``: Pillow decode + ``karpalign.vision.proposers.crop_regions`` + the Keras backbone (the extraction
-  path) + ``generator.initial_state`` + eager ``karpalign.decoding.beam_search`` + ``Vocabulary.decode``.
+- ``eager``: ``karpalign.vision.region_features.decode_image_array`` + ``karpalign.vision.proposers.crop_regions``
+  + the Keras backbone (the extraction path) + ``generator.initial_state`` + eager
+  ``karpalign.decoding.beam_search`` + ``Vocabulary.decode``.
 
 All paths see the same JPEG bytes and give the same captions (checked). One warm-up call each is not timed;
 the table shows the median and the best of ``--repeats`` calls.
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     from karpalign.decoding.beam_search import beam_search
     from karpalign.serving.loading import SessionModel
     from karpalign.vision.backbones import get_backbone
-    from karpalign.vision.images import decode_image
+    from karpalign.vision.region_features import decode_image_array
     from karpalign.vision.proposers import GridProposer, crop_regions
 
     with tempfile.TemporaryDirectory(prefix="karpalign-bench-") as root:
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         size = args.crop_size
 
         def eager(images):
-            crops = np.concatenate([crop_regions(decode_image(b), boxes, size) for b in images])  # (B*R, S, S, 3)
+            crops = np.concatenate([crop_regions(decode_image_array(b), boxes, size) for b in images])  # (B*R, S, S, 3)
             feats = backbone(backbone.preprocess(crops, size=(size, size))).reshape(len(images), len(boxes), -1)
             state = generator.initial_state(tf.constant(feats[:, 0]))
             result = beam_search(generator.step, state, len(images), beam_size=args.beam_size,

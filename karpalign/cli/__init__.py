@@ -33,6 +33,8 @@ import re
 import sys
 import tempfile
 
+from karpalign.logs import dropped_messages
+
 LOGS_SWITCH = "KARPALIGN_TF_LOGS"
 DEFAULT_TF_CPP_MIN_LOG_LEVEL = "2"
 
@@ -109,15 +111,6 @@ class _FileDescriptor2Filter:
         return False
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, fragments):
-        super().__init__()
-        self.fragments = tuple(fragments)
-
-    def filter(self, record):
-        return not any(f in str(record.msg) for f in self.fragments)
-
-
 def _tensorflow_loaded(module) -> None:
     """Inside the stderr filter, right after ``import tensorflow``: list devices (so CUDA's start-up error on a
     machine without drivers lands in the filter), keep TF's Python logger at its default WARNING."""
@@ -156,15 +149,9 @@ class _QuietLoader(importlib.abc.Loader):
                 _tensorflow_loaded(module)
             return
         # apache_beam: drop its notices about optional GCP extras while it imports.
-        root, bigquery = logging.getLogger(), logging.getLogger("apache_beam.io.gcp.bigquery")
-        quiet = _DropMessages(_BEAM_GCP_NOTICES)
-        root.addFilter(quiet)
-        bigquery.addFilter(quiet)
-        try:
+        with dropped_messages((logging.getLogger(), logging.getLogger("apache_beam.io.gcp.bigquery")),
+                              _BEAM_GCP_NOTICES):
             self.loader.exec_module(module)
-        finally:
-            root.removeFilter(quiet)
-            bigquery.removeFilter(quiet)
 
 
 class _QuietImports(importlib.abc.MetaPathFinder):

@@ -45,7 +45,7 @@ def caption_image_regions(args) -> dict:
     from karpalign.decoding.generate import CaptionGenerator, load_generator
     from karpalign.evaluation.region_captions import caption_boxes, extraction_settings, parse_boxes
     from karpalign.vision.backbones import get_backbone
-    from karpalign.vision.images import decode_image
+    from karpalign.vision.region_features import decode_image_array
     from karpalign.vision.proposers import get_proposer
 
     cnn_spec, crop_size, _ = extraction_settings(args.records_dir)
@@ -53,7 +53,7 @@ def caption_image_regions(args) -> dict:
     captioner = CaptionGenerator(generator, vocab, beam_size=args.beam_size, max_length=args.max_length,
                                  alpha=args.alpha, top_k=args.top_k, min_length=args.min_length)
     with open(args.image, "rb") as f:
-        image = decode_image(f.read(), source=args.image)  # (H, W, 3) uint8
+        image = decode_image_array(f.read(), source=args.image)  # (H, W, 3) uint8, as extraction decodes it
     if args.boxes is not None:
         boxes = parse_boxes(args.boxes)
     elif args.proposer == "boxes":

@@ -184,11 +184,6 @@ class ProposerInfo:
         return dataclasses.asdict(self)
 
 
-_MANIFEST_FIELDS = ("schema_version", "feature_dim", "num_regions", "counts", "proposer", "cnn", "cnn_spec",
-                    "crop_size", "vocab_size", "input_records", "written", "failed", "failures_by_stage",
-                    "dead_letters", "source_records")
-
-
 @dataclasses.dataclass
 class Manifest:
     """The ``manifest.json`` next to a records folder's shards: what they hold and how they were made.
@@ -260,23 +255,20 @@ class Manifest:
         if data["schema_version"] != SCHEMA_VERSION:
             raise ValueError(f"{where}: schema version {data['schema_version']}, this karpalign reads "
                              f"{SCHEMA_VERSION}; re-run karpalign-extract")
-        extra = {k: v for k, v in data.items() if k not in _MANIFEST_FIELDS}
+        fields = _json_fields()
+        extra = {k: v for k, v in data.items() if k not in fields}
         try:
             proposer = _read_proposer(data, extra)
-            return cls(**{k: data[k] for k in _MANIFEST_FIELDS if k in data and k != "proposer"},
+            return cls(**{k: data[k] for k in fields if k in data and k != "proposer"},
                        proposer=proposer, extra=extra, path=path)
         except (TypeError, ValueError) as exc:
             message = str(exc)
             raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
 
     def to_json(self) -> dict:
-        data = {"schema_version": self.schema_version, "feature_dim": self.feature_dim,
-                "num_regions": self.num_regions, "counts": dict(self.counts), "proposer": self.proposer.to_json()}
-        for name in ("cnn", "cnn_spec", "crop_size", "vocab_size", "input_records", "written", "failed",
-                     "failures_by_stage", "dead_letters", "source_records"):
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
+        """The file's JSON object: every typed field that is set (the proposer as an object), then ``extra``."""
+        data = {name: getattr(self, name) for name in _json_fields() if getattr(self, name) is not None}
+        data["proposer"] = self.proposer.to_json()
         return {**self.extra, **data}
 
     # ---- files --------------------------------------------------------------------------------------------
@@ -318,6 +310,11 @@ class Manifest:
             json.dump(self.to_json(), f, indent=2, sort_keys=True)
         os.replace(tmp, path)
         return path
+
+
+def _json_fields() -> tuple[str, ...]:
+    """The typed :class:`Manifest` fields, each a top-level key of manifest.json (not ``extra`` nor ``path``)."""
+    return tuple(f.name for f in dataclasses.fields(Manifest) if f.name not in ("extra", "path"))
 
 
 def _read_proposer(data: dict, extra: dict) -> ProposerInfo:

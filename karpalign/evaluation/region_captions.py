@@ -67,7 +67,7 @@ def extraction_settings(records_dir: str) -> tuple[str, int, dict]:
 def caption_boxes(captioner: CaptionGenerator, backbone, image: np.ndarray, boxes, crop_size: int) -> list[dict]:
     """Captions each box of one image -> ``[{"box": [4 floats], "captions": [(text, score), ...]}, ...]``.
 
-    ``image`` is uint8 (H, W, 3) as :func:`karpalign.vision.images.decode_image` returns it; ``boxes`` (N, 4)
+    ``image`` is uint8 (H, W, 3) as :func:`karpalign.vision.region_features.decode_image_array` (the extraction job's decoder) returns it; ``boxes`` (N, 4)
     normalised [ymin, xmin, ymax, xmax]; ``crop_size`` the records' manifest value.
     """
     from karpalign.vision.proposers import check_boxes, region_features

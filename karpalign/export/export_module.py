@@ -48,9 +48,9 @@ from karpalign.data.features import parse_examples
 from karpalign.data.pipeline import token_ids
 from karpalign.data.text import END_ID, PAD_ID, START_ID, UNK, Vocabulary, tf_tokenize
 from karpalign.decoding.generate import decode_image_vectors
-from karpalign.vision.region_features import CNN_CHUNK, cnn_features_tf, pixel_mapping, region_features_tf
+from karpalign.vision.region_features import region_features_tf
 
-__all__ = ["ExportModule", "CNN_CHUNK"]
+__all__ = ["ExportModule"]
 
 
 class ExportModule(tf.Module):
@@ -140,8 +140,8 @@ class ExportModule(tf.Module):
             self._keras.cnn = cnn
         else:
             self.hub_cnn = cnn
-        # Same float32 constants as Backbone.normalize, so the mapping is bit-identical to extraction.
-        scale, offset = pixel_mapping(backbone.value_range)
+        # Backbone.normalize's own float32 constants, so the mapping is bit-identical to extraction.
+        scale, offset = backbone.pixel_mapping
         self.pixel_scale, self.pixel_offset = float(scale), float(offset)
         self.boxes = boxes
         self.crop_size = int(crop_size)
@@ -179,10 +179,6 @@ class ExportModule(tf.Module):
             raise ValueError("this export has no backbone; it cannot read images")
         return region_features_tf(images, self.boxes, self.crop_size, self._network, self.pixel_scale,
                                   self.pixel_offset, self.feature_dim, self.backbone_name)
-
-    def cnn_features(self, x):
-        """Network input (N, S, S, 3) -> (N, D), run in near-equal chunks of at most ``CNN_CHUNK`` crops."""
-        return cnn_features_tf(self._network, x, self.backbone_name, self.feature_dim)
 
     def _network(self, x):
         """The backbone network on one batch (before pooling)."""

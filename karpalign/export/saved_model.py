@@ -13,7 +13,6 @@ are not integers) and renamed to ``VERSION`` only when complete, so a server nev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -28,6 +27,7 @@ from karpalign.config import DecodeConfig, to_dict
 from karpalign.data import features as F
 from karpalign.data.text import Vocabulary
 from karpalign.export.export_module import ExportModule
+from karpalign.logs import dropped_messages
 from karpalign.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def _in_graph_proposer(manifest: F.Manifest, proposer: str | None, regions: int 
     return kind, k, ""
 
 
-def _image_path(manifest: F.Manifest, feature_dim: int, kind: str, k: int, crop_size: int | None):
-    """(backbone, boxes (R, 4), crop size) for serving_default, built from the records manifest."""
+def _image_path(manifest: F.Manifest, feature_dim: int, k: int, crop_size: int | None):
+    """(backbone, grid boxes (1 + k, 4), crop size) for serving_default, built from the records manifest."""
     from karpalign.vision.backbones import get_backbone
     from karpalign.vision.proposers import GridProposer
 
@@ -92,7 +92,6 @@ def _image_path(manifest: F.Manifest, feature_dim: int, kind: str, k: int, crop_
     if backbone.fixed_size and (size, size) != tuple(backbone.input_size):
         raise ValueError(f"{where}: backbone {spec!r} only accepts {backbone.input_size} inputs, "
                          f"crop size is {size}")
-    assert kind == "grid", kind  # _in_graph_proposer admits only in-graph proposers
     boxes = GridProposer(k).propose()  # (1 + K, 4), full image first
     return backbone, boxes, size
 
@@ -129,7 +128,7 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
     _check_same_vocab(vocab_path, caption_run.require(F.VOCAB))
     manifest = F.read_manifest(records_dir) if records_dir else align_run.load_manifest()
     feature_dim = manifest.feature_dim
-    region_dim = int(alignment.region_embedding.proj.kernel.shape[0])  # D of the W_m projection
+    region_dim = alignment.feature_dim
     if region_dim != feature_dim:
         raise ValueError(f"{align_dir}: the alignment model takes {region_dim}-d regions, {manifest.path} has "
                          f"feature_dim={feature_dim}")
@@ -142,7 +141,7 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
     note = ""
     if with_images:
         kind, k, note = _in_graph_proposer(manifest, proposer, regions)
-        backbone, boxes, size = _image_path(manifest, feature_dim, kind, k, crop_size)
+        backbone, boxes, size = _image_path(manifest, feature_dim, k, crop_size)
 
     resolved = {"align_run": os.path.abspath(align_dir), "caption_run": os.path.abspath(caption_dir),
                 "manifest": manifest.to_json(), "decode": dataclasses.asdict(decode),
@@ -183,6 +182,7 @@ def save_for_serving(module, directory: str, signatures: dict) -> None:
         signatures: {signature name: ``tf.function`` with an input signature, or concrete function}.
     """
     import tensorflow as tf
+    from absl import logging as absl_logging  # TensorFlow's dependency; imported so "absl" is absl's logger
 
     concrete = {name: fn.get_concrete_function() if hasattr(fn, "get_concrete_function") else fn
                 for name, fn in signatures.items()}
@@ -193,7 +193,8 @@ def save_for_serving(module, directory: str, signatures: dict) -> None:
                 seen.add(id(variable))
                 captured.append(variable)
     module.serving_variables = captured
-    with _without_capture_renaming_notes():
+    with dropped_messages((absl_logging.get_absl_logger(), logging.getLogger("tensorflow")),
+                          (_CAPTURE_RENAMING_NOTE,)):
         tf.saved_model.save(module, directory, signatures=concrete)
 
 
@@ -204,27 +205,6 @@ def save_for_serving(module, directory: str, signatures: dict) -> None:
 # on each export; the names are internal, never the signature's input or output aliases, so the note says
 # nothing actionable.
 _CAPTURE_RENAMING_NOTE = "contains input name(s)"
-
-
-class _DropCaptureRenamingNotes(logging.Filter):
-    def filter(self, record):
-        return _CAPTURE_RENAMING_NOTE not in str(record.msg)
-
-
-@contextlib.contextmanager
-def _without_capture_renaming_notes():
-    """Drops :data:`_CAPTURE_RENAMING_NOTE` records from TensorFlow's loggers while saving; other TF logs pass."""
-    from absl import logging as absl_logging  # TensorFlow's dependency; imported so "absl" is absl's logger
-
-    loggers = (absl_logging.get_absl_logger(), logging.getLogger("tensorflow"))
-    note_filter = _DropCaptureRenamingNotes()
-    for logger in loggers:
-        logger.addFilter(note_filter)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(note_filter)
 
 
 def warmup_requests(module: ExportModule) -> list[tuple[str, dict]]:

@@ -51,6 +51,11 @@ class AlignmentModel(keras.Model):
         s = self.embed_sentences(inputs["token_ids"], inputs["token_mask"], training=training)
         return v, s
 
+    @property
+    def feature_dim(self) -> int:
+        """D of the region features the (built) model takes: the input size of the W_m projection."""
+        return int(self.region_embedding.proj.kernel.shape[0])
+
     def score_matrix(self, v, v_mask, s, s_mask, dots=None):
         """All-pairs scores (B_img, B_sent). ``dots``: the caller's :func:`region_word_dots` of ``v`` and ``s``
         (B_img, B_sent, R, T), reused by the scores that are functions of them (training with the fragment

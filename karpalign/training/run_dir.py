@@ -53,9 +53,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({self.path!r}, task={self.task!r})"
 
-    def __fspath__(self) -> str:
-        return self.path
-
     def _join(self, *parts) -> str:
         return os.path.join(self.path, *parts)
 
@@ -79,14 +76,6 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> str:
         return self._join(TENSORBOARD)
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return self._join(CHECKPOINTS)
-
-    @property
-    def best_dir(self) -> str:
-        return self._join(BEST)
 
     def model_path(self, task: str | None = None) -> str:
         """The Keras model file of ``task`` (default: this run's task)."""

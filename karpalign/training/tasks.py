@@ -116,7 +116,7 @@ def _embedders(model: AlignmentModel, max_words: int):
     functions = _EMBEDDERS.setdefault(model, {})
     if max_words not in functions:
         ref = weakref.ref(model)
-        feature_dim = int(model.region_embedding.proj.kernel.shape[0])
+        feature_dim = model.feature_dim
 
         def embed_images(feats, mask):
             return ref().embed_images(feats, mask, training=False)  # (B, R, H)

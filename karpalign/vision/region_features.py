@@ -511,8 +511,3 @@ def region_features_tf(images, boxes, crop_size: int, network_fn, pixel_scale, p
     x = map_pixels(tf.reshape(crops, [-1, size, size, 3]), pixel_scale, pixel_offset)  # (B*R, S, S, 3)
     features = cnn_features_tf(network_fn, x, name, feature_dim)  # (B*R, D)
     return tf.reshape(features, [-1, n_boxes, feature_dim])  # (B, R, D)
-
-
-def decode_rgb(data):
-    """The serving code's name for :func:`decode_image_tf` (scalar string -> uint8 (H, W, 3))."""
-    return decode_image_tf(data)

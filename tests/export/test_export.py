@@ -24,7 +24,7 @@ from karpalign.cli.export import main as export_main
 from karpalign.data import features as F
 from karpalign.data.text import END_ID, PAD_ID, START_ID, Vocabulary, python_tokenize
 from karpalign.decoding.beam_search import beam_search
-from karpalign.vision.region_features import decode_rgb
+from karpalign.vision.region_features import decode_image_tf
 from karpalign.export.saved_model import next_version, write_saved_model
 from karpalign.serving.warmup import read_warmup_requests
 from karpalign.testing import make_toy_records, untrained_runs
@@ -314,9 +314,9 @@ def test_jpeg_decoding_matches_pillow():
     data = _jpeg(_picture(67, 101, 3))
     pillow = decode_image(data).astype(int)
     assert np.abs(tf.io.decode_image(data, channels=3).numpy().astype(int) - pillow).max() > 0
-    np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), pillow)
+    np.testing.assert_array_equal(decode_image_tf(tf.constant(data)).numpy(), pillow)
     png = _png(_picture(20, 30, 4))
-    np.testing.assert_array_equal(decode_rgb(tf.constant(png)).numpy(), decode_image(png))
+    np.testing.assert_array_equal(decode_image_tf(tf.constant(png)).numpy(), decode_image(png))
 
 
 # ---- one region-feature path: the extraction job and serving_default agree on every image format ------------
