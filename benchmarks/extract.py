@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from karpalign.beam.job import ExtractConfig, run_extract
+    from karpalign.beam.job import extract_config, run_extract
     from karpalign.data.records import read_dataset
     from karpalign.datasets.generate import generate_scenes
     from karpalign.vision.backbones import get_backbone
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         bare_cnn_seconds(backbone, crops[:args.batch_size * 2], args.batch_size, args.crop_size)  # warm up
 
         def pipeline_seconds(count, in_flight, name):
-            config = ExtractConfig(dataset=datasets[count], out=os.path.join(tmp, name), cnn=args.cnn,
+            config = extract_config(datasets[count], os.path.join(tmp, name), cnn=args.cnn,
                                    crop_size=args.crop_size, proposer="boxes", regions=args.regions,
                                    min_word_count=1, shards_per_split=2, batch_size=args.batch_size,
                                    cnn_in_flight=in_flight, progress_every=0)

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     import karpalign.vision.backbones as backbones
     import karpalign.vision.images as images
     import karpalign.vision.proposers as proposers
-    from karpalign.beam.job import ExtractConfig, run_extract
+    from karpalign.beam.job import extract_config, run_extract
     from karpalign.datasets.generate import generate_scenes
 
     timers = StageTimers()
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         stack.callback(timers.restore)
         for run in ("warm-up", "measured"):
             timers.reset()
-            config = ExtractConfig(dataset=dataset, out=os.path.join(tmp, run), cnn=args.cnn,
+            config = extract_config(dataset, os.path.join(tmp, run), cnn=args.cnn,
                                    crop_size=args.crop_size, proposer="boxes", min_word_count=1,
                                    shards_per_split=2, batch_size=args.batch_size, cnn_in_flight=0,
                                    progress_every=0)

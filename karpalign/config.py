@@ -1,9 +1,25 @@
-"""Nested dataclass configs loaded from YAML, with ``--set a.b=c`` overrides.
+"""One config system for every step: nested dataclasses loaded from YAML, with ``--set a.b=c`` overrides.
 
 Every attribute is documented where it is declared. ``load_config(path, overrides)`` returns a resolved
 :class:`Config`; ``save_config`` writes it (as YAML) next to every output so a run can always be repeated.
 
-The recipes (``coco``, ``flickr8k_caption``, ``scenes``, ``demo``, ...) ship inside the package as
+A recipe file holds one dataset's whole pipeline. Its top-level sections are the :class:`Config` sections
+(``data``, ``extract``, ``model``, ``train``, ``decode``, ``runtime``), shared by every step, plus one
+section per training task (:data:`TASK_SECTIONS`: ``align``, ``caption``, ``caption_regions``) holding only
+what that task changes (its optimiser, steps, output folder, ...)::
+
+    data: {dataset: data/coco/dataset.json, records_dir: runs/coco/records, ...}
+    extract: {proposer: grid, regions: 19}        # karpalign-extract --config coco
+    model: {embed_dim: 1000, ...}
+    align:   {train: {optimizer: sgd, ...}, runtime: {output_dir: runs/coco/align}}
+    caption: {train: {optimizer: rmsprop, ...}, runtime: {output_dir: runs/coco/caption}}
+    caption_regions: {runtime: {output_dir: runs/coco/caption_regions}}   # on top of caption, --on regions
+
+``karpalign-train --task T`` resolves the shared sections, then section ``T`` (for ``caption`` with
+``train.on: regions`` also ``caption_regions``), then the overrides. A resolved config (a run's
+``config.yaml``) has no task sections and loads the same way. Unknown keys are errors naming the file and key.
+
+The recipes (``coco``, ``flickr8k``, ``flickr30k``, ``scenes``, ``demo``) ship inside the package as
 ``karpalign/configs/*.yaml``. ``config_path(name_or_path)`` is the one place a config argument is resolved: a
 file that exists is used as it is, a bare recipe name (``coco`` or ``coco.yaml``) is the packaged file (read
 through ``importlib.resources``, so it works from a wheel), anything else is an error listing the recipes.
@@ -22,19 +38,45 @@ from typing import Any, TextIO
 
 import yaml
 
+from karpalign.vision.images import DEFAULT_MAX_PIXELS
+
 
 @dataclasses.dataclass
 class DataConfig:
     """Where the data lives and how text is handled."""
 
-    dataset: str = ""  # caption dataset: Karpathy dataset.json, COCO captions json or .jsonl
-    image_root: str = ""  # image folder; default: the dataset file's folder
-    fold_restval: bool = True  # COCO: train on `restval` too (Karpathy split)
-    min_word_count: int = 5  # words seen fewer times in train become <unk> (paper: 5)
-    records_dir: str = ""  # TFRecord shards + manifest.json + vocab.txt written by karpalign-extract
+    dataset: str = ""  # karpalign-extract's input: Karpathy dataset.json, COCO captions json or .jsonl
+    image_root: str = ""  # folder (or URL) the dataset's image paths are relative to; '': the dataset's folder
+    fold_restval: bool = False  # COCO: `restval` images count as train (Karpathy split; the coco recipe sets it)
+    min_word_count: int = 5  # karpalign-extract: words seen fewer times in train become <unk> (paper: 5)
+    records_dir: str = ""  # TFRecord shards + manifest.json + vocab.txt: karpalign-extract's output
     region_records_dir: str = ""  # region-snippet TFRecords written by karpalign-align (for --on regions)
     max_words: int = 24  # sentences are cut to this many tokens
     word_vectors: str = ""  # '' (random init), 'glove6b50', 'word2vec-bin:PATH' or 'text:PATH'
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    """karpalign-extract (the Beam job): images -> region CNN features. Reads ``data.dataset`` (images under
+    ``data.image_root``), writes ``data.records_dir``; the vocabulary uses ``data.min_word_count`` and
+    ``data.fold_restval``. Checked by :func:`karpalign.beam.job.validate_config`."""
+
+    cnn: str = "efficientnet_lite0"  # backbone: efficientnet_lite0 | keras:PATH | hub:HANDLE, options after |
+    crop_size: int = 0  # side of the square region crops; 0: the backbone's input size (224 for Lite0)
+    proposer: str = "grid"  # boxes (the dataset's) | grid | segments[|opts] | detector:PATH
+    regions: int = 19  # K boxes per image besides the full image (paper: 19); manifest num_regions = K + 1
+    detector_score_threshold: float = 0.3  # detector: minimum box score
+    detector_iou_threshold: float = 0.5  # detector and segments: NMS IoU threshold
+    splits: list[str] = dataclasses.field(default_factory=list)  # splits to extract; []: every split
+    shards_per_split: int = 4  # TFRecord files per split
+    batch_size: int = 16  # images per CNN batch (upper bound of beam.BatchElements)
+    min_batch_size: int = 0  # lower bound of beam.BatchElements; 0: batch_size (fixed batches)
+    cnn_in_flight: int = 1  # CNN batches computed in a background thread while the worker prepares others;
+                            # 0: inline (needed with adaptive batches, min_batch_size < batch_size)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
+    max_failure_fraction: float = 0.05  # the run fails (exit 1) when failed / input exceeds this
+    progress_every: int = 100  # each worker logs a line per this many decoded images (0: never)
+    overwrite: bool = False  # replace the outputs of an earlier run in data.records_dir
 
 
 @dataclasses.dataclass
@@ -103,6 +145,7 @@ class RuntimeConfig:
 @dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
@@ -134,6 +177,14 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if typing.get_origin(typ) is list:  # list[str]: a YAML list, or a comma-separated string
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if value is None:
+            return []
+        if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings (e.g. [train, val] or train,val), got {value!r}")
+        return [str(v) for v in value]
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -168,6 +219,17 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         value = yaml.safe_load(raw) if raw.strip() else ""
         nested: Any = value
         for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, "")
+    return cfg
+
+
+def apply_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """Sets dotted keys (``{"extract.regions": 4}``) to already-typed values, checked like a config file's
+    (a command-line flag that is a shortcut for a key uses this; no YAML parsing of the value)."""
+    for key, value in values.items():
+        nested: Any = value
+        for part in reversed(key.split(".")):
             nested = {part: nested}
         _merge(cfg, nested, "")
     return cfg
@@ -248,27 +310,79 @@ def open_config(name_or_path: str | os.PathLike) -> TextIO:
     return open(config_path(name_or_path), encoding="utf-8")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """The defaults, updated from the YAML file or packaged recipe ``path`` (see :func:`config_path`), then
-    from the ``a.b=c`` overrides."""
-    cfg = Config()
-    if path:
-        path = config_path(path)
-        data = read_yaml(path, ConfigError, "config file")
+# Task sections of a recipe file: what each karpalign-train task changes on top of the shared sections.
+# ``caption_regions`` applies on top of ``caption`` when the caption task trains on region snippets.
+TASK_SECTIONS = ("align", "caption", "caption_regions")
+_SHARED = tuple(f.name for f in dataclasses.fields(Config))
+RECIPE_SECTIONS = _SHARED + TASK_SECTIONS  # every top-level key a recipe file may have
+_NOT_PER_TASK = ("extract",)  # one extraction serves every task of a recipe
+
+
+def task_sections(task: str, on: str) -> tuple[str, ...]:
+    """The task sections that apply to ``karpalign-train --task task --on on``, in order."""
+    if task == "caption":
+        return ("caption", "caption_regions") if on == "regions" else ("caption",)
+    return (task,) if task in TASK_SECTIONS else ()
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None, where: str = "config") -> Config:
+    """The defaults, updated from a recipe's data (shared sections, then the task sections chosen by the
+    resulting ``train.task`` / ``train.on``), then from the ``a.b=c`` overrides. Errors name ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    for key, value in data.items():
+        if key in _SHARED:
+            continue
+        if key not in TASK_SECTIONS:
+            raise ConfigError(f"{where}: unknown config key {key!r}; known: sections {list(_SHARED)} and task "
+                              f"sections {list(TASK_SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: task section {key!r}: expected a mapping, got {value!r}")
+        fixed = sorted(set(value) & set(_NOT_PER_TASK))
+        if fixed:
+            raise ConfigError(f"{where}: task section {key!r}: {fixed} cannot differ per task (one extraction "
+                              "serves every task); put it at the top level")
+        if isinstance(value.get("train"), dict) and "task" in value["train"]:
+            raise ConfigError(f"{where}: task section {key!r} sets train.task; the section name is the task")
+
+    def build(sections: tuple[str, ...]) -> Config:
+        cfg = Config()
         try:
-            _merge(cfg, data, "")
+            _merge(cfg, {k: v for k, v in data.items() if k in _SHARED}, "")
+            for name in sections:
+                if name in data:
+                    _merge(cfg, data[name], name)
         except ConfigError as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-    return apply_overrides(cfg, overrides or [])
+            raise ConfigError(f"{where}: {e}") from None
+        return apply_overrides(cfg, overrides or [])
+
+    probe = build(())
+    for _ in range(2):  # a task section may set train.on (which can add caption_regions)
+        chosen = task_sections(probe.train.task, probe.train.on)
+        probe = build(chosen)
+    return probe
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """The defaults, updated from the YAML file or packaged recipe ``path`` (see :func:`config_path`; its task
+    sections as described in the module docstring), then from the ``a.b=c`` overrides."""
+    if not path:
+        return apply_overrides(Config(), overrides or [])
+    path = config_path(path)
+    return config_from_dict(read_yaml(path, ConfigError, "config file"), overrides, f"config file {path}")
 
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, out_dir: str, name: str = "config.yaml") -> str:
+def save_config(cfg: Config, out_dir: str, name: str = "config.yaml", sections: tuple[str, ...] = ()) -> str:
+    """Writes the resolved ``cfg`` (only ``sections`` when given) as ``out_dir/name``; returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
+    data = to_dict(cfg)
+    if sections:
+        data = {k: v for k, v in data.items() if k in sections}
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
     return path

@@ -14,6 +14,7 @@ Errors are :class:`DemoError` (a step failed; the message names the step) and it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -31,14 +32,16 @@ from karpalign.report import layout as L  # the demo folder's layout, shared wit
 from karpalign.training.run_dir import RunDir
 
 DEFAULT_CONFIG = recipe_path("demo")  # karpalign/configs/demo.yaml, package data
-SECTIONS = ("scenes", "extract", "align", "retrieval", "mrf", "caption", "caption_regions", "captions", "serve",
-            "report")
+# The demo's own sections; every other top-level section is the recipe (checked by karpalign.config).
+SECTIONS = ("scenes", "retrieval", "mrf", "captions", "serve", "report")
+QUICK = "quick"
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe in <run>/configs/, the --config of every tool the demo runs
 MODEL_NAME = "karpalign"
-# Keys the demo reads from its own sections (the training sections are checked by karpalign.config).
-REQUIRED = {"scenes": ("num_images", "image_size"),
-            "extract": ("cnn", "proposer", "regions", "crop_size", "batch_size", "shards_per_split"),
-            "retrieval": ("splits",), "mrf": ("beta", "splits", "pictures"), "captions": ("split", "beam_sizes"),
-            "serve": ("images",), "report": ("samples",), "caption": ("decode",), "caption_regions": ("decode",)}
+# Keys the demo reads from its own sections.
+REQUIRED = {"scenes": ("num_images", "image_size"), "retrieval": ("splits",), "mrf": ("beta", "splits", "pictures"),
+            "captions": ("split", "beam_sizes"), "serve": ("images",), "report": ("samples",)}
+# The training runs of the demo: (recipe task section, karpalign-train --task, --on).
+RUNS = {"align": ("align", None), "caption": ("caption", "images"), "caption_regions": ("caption", "regions")}
 
 
 class DemoError(RuntimeError):
@@ -63,44 +66,69 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_demo_config(path: str, quick: bool = False) -> dict:
+@dataclasses.dataclass
+class DemoConfig:
+    """The demo config: a recipe (the format of karpalign/configs/*.yaml) plus the demo's own sections.
+
+    ``cfg["scenes"]`` etc. are the demo's sections; ``recipe`` is the recipe part as data and ``runs`` the
+    resolved :class:`karpalign.config.Config` of each training run (``align``, ``caption``,
+    ``caption_regions``), checked when the file is loaded."""
+
+    path: str
+    recipe: dict
+    sections: dict
+    runs: dict
+
+    def __getitem__(self, section: str) -> dict:
+        return self.sections[section]
+
+    def write_recipe(self, folder: str, dataset: str, records_dir: str, region_records_dir: str) -> str:
+        """The recipe with the demo's data paths filled in, as ``folder/recipe.yaml``; returns its path."""
+        recipe = _deep_merge(self.recipe, {"data": {"dataset": dataset, "records_dir": records_dir,
+                                                    "region_records_dir": region_records_dir}})
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, RECIPE_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"# written by karpalign-demo from {self.path}\n")
+            yaml.safe_dump(recipe, f, sort_keys=False)
+        return path
+
+
+def load_demo_config(path: str, quick: bool = False) -> DemoConfig:
     """Reads the demo config (and applies its ``quick`` overrides); errors name the file and the key."""
+    from karpalign.config import RECIPE_SECTIONS, ConfigError, config_from_dict
+
     path = config_path(path, DemoConfigError, "demo config", hint=" (pass --config)")
     raw = read_yaml(path, DemoConfigError, "demo config", hint=" (pass --config)")
     if not isinstance(raw, dict):
         raise DemoConfigError(f"demo config {path}: expected a mapping of sections, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS) - {"quick"})
+    if quick:
+        overrides = raw.get(QUICK) or {}
+        if not isinstance(overrides, dict):
+            raise DemoConfigError(f"demo config {path}: {QUICK}: expected a mapping of sections")
+        raw = _deep_merge(raw, overrides)
+    raw = {k: v for k, v in raw.items() if k != QUICK}
+    unknown = sorted(set(raw) - set(SECTIONS) - set(RECIPE_SECTIONS))
     if unknown:
-        raise DemoConfigError(f"demo config {path}: unknown sections {unknown}; "
-                              f"known: {list(SECTIONS) + ['quick']}")
+        raise DemoConfigError(f"demo config {path}: unknown sections {unknown}; known: the recipe's "
+                              f"{list(RECIPE_SECTIONS)}, the demo's {list(SECTIONS)} and {QUICK!r}")
     missing = [s for s in SECTIONS if not isinstance(raw.get(s), dict)]
     if missing:
         raise DemoConfigError(f"demo config {path}: sections {missing} are missing or not mappings")
-    cfg = {s: raw[s] for s in SECTIONS}
-    if quick:
-        overrides = raw.get("quick") or {}
-        bad = sorted(set(overrides) - set(SECTIONS))
-        if bad:
-            raise DemoConfigError(f"demo config {path}: quick: unknown sections {bad}")
-        cfg = _deep_merge(cfg, overrides)
+    sections = {s: raw[s] for s in SECTIONS}
     for section, keys in REQUIRED.items():
-        missing = [k for k in keys if cfg[section].get(k) in (None, "", [])]
-        if missing:
-            raise DemoConfigError(f"demo config {path}: {section}: keys {missing} are missing")
-    return cfg
-
-
-def _train_config_file(section: dict, path: str) -> str:
-    """Writes one karpalign-train section as its own YAML file (checked by karpalign.config)."""
-    from karpalign.config import ConfigError, load_config
-
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(section, f, sort_keys=False)
-    try:
-        load_config(path)
-    except ConfigError as e:
-        raise DemoError(str(e)) from None
-    return path
+        absent = [k for k in keys if sections[section].get(k) in (None, "", [])]
+        if absent:
+            raise DemoConfigError(f"demo config {path}: {section}: keys {absent} are missing")
+    recipe = {k: v for k, v in raw.items() if k not in SECTIONS}
+    runs = {}
+    for name, (task, on) in RUNS.items():
+        sets = [f"train.task={task}"] + ([f"train.on={on}"] if on else [])
+        try:
+            runs[name] = config_from_dict(recipe, sets, f"demo config {path}")
+        except ConfigError as e:
+            raise DemoConfigError(str(e)) from None
+    return DemoConfig(path=path, recipe=recipe, sections=sections, runs=runs)
 
 
 # ---- running steps ------------------------------------------------------------------------------------------
@@ -163,7 +191,7 @@ def _json(path: str):
 # ---- the steps ----------------------------------------------------------------------------------------------
 
 
-def make_scenes(cfg: dict, p: L.Paths) -> None:
+def make_scenes(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.make_scenes import main
 
     s = cfg["scenes"]
@@ -171,14 +199,15 @@ def make_scenes(cfg: dict, p: L.Paths) -> None:
                  "--seed", str(s.get("seed", 0)), "--out", p.scenes], "karpalign-make-scenes")
 
 
-def extract(cfg: dict, p: L.Paths) -> None:
+def recipe_file(cfg: DemoConfig, p: L.Paths) -> str:
+    """Writes the demo's recipe (with its folders as the data paths) to <run>/configs/recipe.yaml."""
+    return cfg.write_recipe(p.configs, p.dataset, p.records, p.regions)
+
+
+def extract(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.extract import main
 
-    e = cfg["extract"]
-    _call(main, ["--dataset", p.dataset, "--out", p.records, "--cnn", e["cnn"], "--proposer", e["proposer"],
-                 "--regions", str(e["regions"]), "--crop-size", str(e["crop_size"]),
-                 "--batch-size", str(e["batch_size"]), "--shards-per-split", str(e["shards_per_split"]),
-                 "--progress-every", "250", "--overwrite"], "karpalign-extract")
+    _call(main, ["--config", recipe_file(cfg, p), "--overwrite"], "karpalign-extract")
     from karpalign.data import features as F
 
     manifest = F.read_manifest(p.records)
@@ -186,21 +215,18 @@ def extract(cfg: dict, p: L.Paths) -> None:
         raise DemoError(f"{manifest.path}: no training images were written ({manifest.counts})")
 
 
-def train(cfg: dict, p: L.Paths, section: str, out_dir: str, task: str, on: str | None = None) -> None:
+def train(cfg: DemoConfig, p: L.Paths, run: str, out_dir: str) -> None:
+    """karpalign-train for one of the demo's runs (:data:`RUNS`) with the demo's recipe."""
     from karpalign.cli.train import main
 
-    os.makedirs(p.configs, exist_ok=True)
-    config = _train_config_file(cfg[section], os.path.join(p.configs, f"{section}.yaml"))
-    argv = ["--task", task, "--config", config, "--set", f"data.records_dir={p.records}",
-            "--output-dir", out_dir]
+    task, on = RUNS[run]
+    argv = ["--task", task, "--config", recipe_file(cfg, p), "--output-dir", out_dir]
     if on:
         argv += ["--on", on]
-    if on == "regions":
-        argv += ["--set", f"data.region_records_dir={p.regions}"]
     _call(main, argv, "karpalign-train")
 
 
-def retrieval(cfg: dict, p: L.Paths) -> None:
+def retrieval(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.eval import main
 
     for split in cfg["retrieval"]["splits"]:
@@ -208,7 +234,7 @@ def retrieval(cfg: dict, p: L.Paths) -> None:
                      "--out", p.retrieval_json(split)], "karpalign-eval")
 
 
-def mrf_align(cfg: dict, p: L.Paths) -> None:
+def mrf_align(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.align import main
 
     m = cfg["mrf"]
@@ -221,7 +247,7 @@ def mrf_align(cfg: dict, p: L.Paths) -> None:
         raise DemoError(f"{p.alignment_json}: no training snippets were produced, the region generator has no data")
 
 
-def caption_eval(cfg: dict, p: L.Paths) -> None:
+def caption_eval(cfg: DemoConfig, p: L.Paths) -> None:
     """Full-frame captions at each beam size (the largest also runs the nearest-neighbour baseline), and both
     generators captioning the ground-truth boxes (the paper's region-level comparison)."""
     from karpalign.cli.eval import main
@@ -230,7 +256,7 @@ def caption_eval(cfg: dict, p: L.Paths) -> None:
     split, beams = c["split"], [int(b) for b in c["beam_sizes"]]
     limit = ["--max-images", str(c["max_images"])] if c.get("max_images") else []
     for beam in beams:
-        length = cfg["caption"]["decode"]["max_length"]
+        length = cfg.runs["caption"].decode.max_length
         extra = ["--baseline", "nn"] if beam == max(beams) else []
         _call(main, ["captions", "--model-dir", p.caption, "--records-dir", p.records, "--split", split,
                      "--beam-size", str(beam), "--max-length", str(length), "--out",
@@ -240,11 +266,11 @@ def caption_eval(cfg: dict, p: L.Paths) -> None:
     for run in runs:
         _call(main, ["region-captions", "--model-dir", run, "--records-dir", p.records, "--dataset", p.dataset,
                      "--split", split, "--beam-size", str(beam),
-                     "--max-length", str(cfg["caption_regions"]["decode"]["max_length"]),
+                     "--max-length", str(cfg.runs["caption_regions"].decode.max_length),
                      "--out", p.region_captions_json(run, split, beam)] + limit, "karpalign-eval")
 
 
-def caption_eval_done(cfg: dict, p: L.Paths) -> bool:
+def caption_eval_done(cfg: DemoConfig, p: L.Paths) -> bool:
     c = cfg["captions"]
     beams = [int(b) for b in c["beam_sizes"]]
     paths = [p.captions_json(p.caption, c["split"], b) for b in beams]
@@ -253,7 +279,7 @@ def caption_eval_done(cfg: dict, p: L.Paths) -> bool:
     return all(os.path.exists(x) for x in paths)
 
 
-def export(cfg: dict, p: L.Paths) -> None:
+def export(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.export import main
 
     _call(main, ["--align-dir", p.align, "--caption-dir", p.caption, "--records-dir", p.records,
@@ -325,7 +351,7 @@ class DevServer:
         return self.proc.returncode
 
 
-def serve_and_caption(cfg: dict, p: L.Paths) -> None:
+def serve_and_caption(cfg: DemoConfig, p: L.Paths) -> None:
     """Starts the server, captions the first test images over gRPC with the client, stops the server."""
     from karpalign.serving.client import CaptionClient, ServingError, read_image_files
 
@@ -354,7 +380,7 @@ def serve_and_caption(cfg: dict, p: L.Paths) -> None:
         json.dump(served, f, indent=2)
 
 
-def write_samples(cfg: dict, p: L.Paths) -> None:
+def write_samples(cfg: DemoConfig, p: L.Paths) -> None:
     """samples.json: the first test images with boxes, the MRF alignment of their first sentence, references,
     and the generated captions of every beam size and the nn baseline (from the evaluation outputs)."""
     c = cfg["captions"]
@@ -390,7 +416,7 @@ def write_samples(cfg: dict, p: L.Paths) -> None:
 # ---- running the demo ---------------------------------------------------------------------------------------
 
 
-def run_demo(out_dir: str, cfg: dict) -> str:
+def run_demo(out_dir: str, cfg: DemoConfig) -> str:
     """Runs every step (skipping finished ones) and returns the report's path."""
     p = L.Paths(out_dir)
     os.makedirs(p.run, exist_ok=True)
@@ -401,16 +427,16 @@ def run_demo(out_dir: str, cfg: dict) -> str:
     steps.run("extract region features (Beam, EfficientNet-Lite0)",
               lambda: exists(os.path.join(p.records, "manifest.json")), lambda: extract(cfg, p))
     steps.run("train the alignment model", lambda: RunDir(p.align, "align").has_model(),
-              lambda: train(cfg, p, "align", p.align, "align"))
+              lambda: train(cfg, p, "align", p.align))
     steps.run("retrieval evaluation", lambda: all(exists(p.retrieval_json(s)) for s in cfg["retrieval"]["splits"]),
               lambda: retrieval(cfg, p))
     steps.run("MRF alignment (snippets, accuracy, pictures)", lambda: exists(p.alignment_json),
               lambda: mrf_align(cfg, p))
     steps.run("train the generator on full images", lambda: RunDir(p.caption, "caption").has_model(),
-              lambda: train(cfg, p, "caption", p.caption, "caption", on="images"))
+              lambda: train(cfg, p, "caption", p.caption))
     steps.run("train the generator on region snippets",
               lambda: RunDir(p.caption_regions, "caption").has_model(),
-              lambda: train(cfg, p, "caption_regions", p.caption_regions, "caption", on="regions"))
+              lambda: train(cfg, p, "caption_regions", p.caption_regions))
     steps.run(f"caption evaluation ({split} split, beam {'/'.join(map(str, beams))}, nn baseline)",
               lambda: caption_eval_done(cfg, p), lambda: caption_eval(cfg, p))
     steps.run("export the SavedModel", lambda: exists(os.path.join(export_dir(p), "saved_model.pb")),

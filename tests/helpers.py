@@ -124,3 +124,9 @@ def run_serialization_test(cls, init_kwargs: dict, call, tmp_path, *, initialise
         for which in (layer, rebuilt, loaded):
             np.testing.assert_array_equal(variable(which).numpy(), given, err_msg=name)
     return layer, rebuilt, loaded
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a karpalign/TensorFlow child process in a test: quiet TF C++ logs, unbuffered
+    output, no GPU, plus ``extra``."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", **extra)

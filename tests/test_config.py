@@ -59,8 +59,7 @@ def test_recipe_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing named like a recipe here
     packaged = os.path.join(os.path.dirname(os.path.abspath(karpalign.__file__)), "configs")
     recipes = packaged_recipes()
-    assert {"coco", "coco_caption", "demo", "flickr8k", "flickr8k_caption", "flickr30k", "flickr30k_caption",
-            "scenes"} <= set(recipes)
+    assert {"coco", "demo", "flickr8k", "flickr30k", "scenes"} <= set(recipes)
     for name in recipes:
         assert os.path.samefile(config_path(name), os.path.join(packaged, f"{name}.yaml"))
         assert config_path(f"{name}.yaml") == config_path(name)
@@ -68,7 +67,7 @@ def test_recipe_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
         assert yaml.safe_load(f)["data"]["fold_restval"] is True
     cfg = load_config("coco", ["train.steps=3"])
     assert cfg.train.task == "align" and cfg.train.steps == 3 and cfg.data.fold_restval is True
-    assert load_config("flickr8k_caption.yaml").train.optimizer == "rmsprop"
+    assert load_config("flickr8k.yaml", ["train.task=caption"]).train.optimizer == "rmsprop"
 
 
 def test_an_existing_path_wins_over_a_recipe_name(tmp_path, monkeypatch):
@@ -77,7 +76,7 @@ def test_an_existing_path_wins_over_a_recipe_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "coco.yaml").write_text("train:\n  steps: 7\n")  # a local file with a recipe's name
     assert config_path("coco.yaml") == "coco.yaml"
-    assert load_config("coco.yaml").train.steps == 7 and load_config("coco.yaml").data.fold_restval is True
+    assert load_config("coco.yaml").train.steps == 7 and load_config("coco.yaml").data.fold_restval is False
     assert load_config("coco").train.task == "align" and load_config("coco").train.steps != 7  # the recipe
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "run.yaml").write_text("model:\n  embed_dim: 32\n")
@@ -95,7 +94,7 @@ def test_unknown_config_names_list_the_packaged_recipes(tmp_path, monkeypatch, a
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=f"config file {arg} {state}") as e:
         load_config(arg)
-    assert ", ".join(packaged_recipes()) in str(e.value) and "coco, coco_caption, demo" in str(e.value)
+    assert ", ".join(packaged_recipes()) in str(e.value) and "coco, demo, flickr30k" in str(e.value)
 
 
 def test_train_cli_takes_a_recipe_name_or_a_path(tmp_path, monkeypatch, capsys):
@@ -121,4 +120,78 @@ def test_train_cli_takes_a_recipe_name_or_a_path(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["--task", "align", "--config", "no_such_recipe"]) == 2 and len(seen) == 2
     err = capsys.readouterr().err
-    assert "config file no_such_recipe not found" in err and "flickr8k, flickr8k_caption" in err
+    assert "config file no_such_recipe not found" in err and "flickr30k, flickr8k, scenes" in err
+
+
+# ---- one recipe file: shared sections + task sections ---------------------------------------------------------
+
+
+RECIPE = """
+data: {records_dir: r, max_words: 9}
+extract: {regions: 3, splits: [train, val]}
+model: {embed_dim: 8}
+train: {steps: 5, batch_size: 7}
+align: {train: {optimizer: sgd}, runtime: {output_dir: out/align}}
+caption: {train: {optimizer: rmsprop, steps: 6}, runtime: {output_dir: out/caption}}
+caption_regions: {data: {max_words: 4}, runtime: {output_dir: out/regions}}
+"""
+
+
+def test_task_sections_apply_to_their_task_only(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    align = load_config(str(path), ["train.task=align"])
+    caption = load_config(str(path), ["train.task=caption"])
+    regions = load_config(str(path), ["train.task=caption", "train.on=regions", "train.steps=8"])
+    assert (align.train.optimizer, align.train.steps, align.runtime.output_dir) == ("sgd", 5, "out/align")
+    assert (caption.train.optimizer, caption.train.steps, caption.runtime.output_dir) == ("rmsprop", 6, "out/caption")
+    # caption_regions on top of caption, and the overrides on top of both
+    assert (regions.train.optimizer, regions.train.steps, regions.data.max_words) == ("rmsprop", 8, 4)
+    assert regions.runtime.output_dir == "out/regions" and caption.data.max_words == 9
+    for cfg in (align, caption, regions):  # shared sections everywhere
+        assert cfg.extract.regions == 3 and cfg.extract.splits == ["train", "val"] and cfg.model.embed_dim == 8
+        assert cfg.train.batch_size == 7 and cfg.data.records_dir == "r"
+    # a resolved config (what a run saves) loads back to the same values, with no task sections
+    saved = save_config(regions, str(tmp_path / "run"))
+    assert load_config(saved) == regions
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("align: {extract: {regions: 2}}", r"task section 'align': \['extract'\] cannot differ per task"),
+    ("caption: {train: {task: align}}", "task section 'caption' sets train.task"),
+    ("caption: {train: {stepz: 1}}", "unknown config key 'caption.train.stepz'"),
+    ("caption: 3", "task section 'caption': expected a mapping"),
+    ("propose: {}", r"unknown config key 'propose'; known: sections \['data', 'extract'"),
+    ("extract: {splits: {a: 1}}", "extract.splits: expected a list of strings"),
+])
+def test_recipe_errors_name_the_file_and_key(tmp_path, text, msg):
+    path = tmp_path / "r.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=f"config file {path}: .*{msg}"):
+        load_config(str(path), ["train.task=caption"])
+
+
+def test_list_keys_take_a_yaml_list_or_a_comma_string():
+    assert load_config(None, ["extract.splits=train, test"]).extract.splits == ["train", "test"]
+    assert load_config(None, ["extract.splits=[val]"]).extract.splits == ["val"]
+    assert load_config(None, ["extract.splits="]).extract.splits == []
+
+
+def test_extract_cli_reads_the_recipe_then_set_then_flags(tmp_path):
+    from karpalign.cli.extract import _parser, resolve_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    args, beam = _parser().parse_known_args(["--config", str(path), "--set", "extract.regions=5", "--regions", "6",
+                                             "--set", "extract.batch_size=3", "--fold-restval", "--runner=X"])
+    cfg = resolve_config(args)
+    assert beam == ["--runner=X"]
+    assert cfg.extract.regions == 6 and cfg.extract.batch_size == 3 and cfg.data.fold_restval is True
+    assert cfg.data.records_dir == "r" and cfg.extract.splits == ["train", "val"]  # from the file
+    args, _ = _parser().parse_known_args(["--dataset", "d.json", "--out", "o", "--splits", "train,val"])
+    cfg = resolve_config(args)
+    assert (cfg.data.dataset, cfg.data.records_dir, cfg.extract.splits) == ("d.json", "o", ["train", "val"])
+    assert cfg.data.fold_restval is False and cfg.extract.overwrite is False  # switches not given: config's
+    args, _ = _parser().parse_known_args(["--config", str(path), "--set", "extract.regionz=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'extract.regionz'"):
+        resolve_config(args)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -101,7 +102,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     assert cfg["scenes"]["num_images"] < load_demo_config(DEFAULT_CONFIG)["scenes"]["num_images"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenes: {num_images: 10}\nnonsense: 1\n")
-    with pytest.raises(DemoError, match=r"bad.yaml: unknown sections \['nonsense'\]"):
+    with pytest.raises(DemoError, match=r"bad.yaml: unknown sections \['nonsense'\]; known: the recipe's"):
         load_demo_config(str(bad))
     bad.write_text("scenes: [1, 2]\n")
     with pytest.raises(DemoError, match=r"bad.yaml: sections \[.*'scenes'.*\] are missing or not mappings"):
@@ -114,18 +115,39 @@ def test_config_errors_name_file_and_key(tmp_path):
     assert load_demo_config(str(bad), quick=True)["scenes"]["num_images"] == 300  # quick sets it
 
 
-def test_bad_training_key_fails_the_step_with_its_name(tmp_path, capsys):
+def test_bad_recipe_key_is_refused_before_any_step_runs(tmp_path, capsys):
     text = open(DEFAULT_CONFIG).read().replace("embed_dim: 256", "embed_dimension: 256")
     config = tmp_path / "demo.yaml"
     config.write_text(text)
-    os_out = tmp_path / "out"
-    # Steps 1-2 would run first; give them finished outputs so the test reaches the training step at once.
-    p = L.Paths(str(os_out))
-    os.makedirs(p.scenes)
-    open(p.dataset, "w").write("{}")
-    os.makedirs(p.records)
-    open(os.path.join(p.records, "manifest.json"), "w").write("{}")
-    assert main(["--out", str(os_out), "--config", str(config)]) == 1
+    out = tmp_path / "out"
+    assert main(["--out", str(out), "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "step 'train the alignment model' failed" in err
-    assert "unknown config key 'model.embed_dimension'" in err
+    assert f"demo config {config}" in err and "unknown config key 'model.embed_dimension'" in err
+    assert not out.exists()  # nothing ran
+    config.write_text(open(DEFAULT_CONFIG).read().replace("caption_regions:        #", "caption_regionz:        #"))
+    assert main(["--out", str(out), "--config", str(config)]) == 2
+    assert "unknown sections ['caption_regionz']" in capsys.readouterr().err
+
+
+def test_demo_config_is_a_recipe_whose_runs_share_one_feature_space():
+    """The demo's recipe part resolves per run like a dataset recipe; tools read it from one written file."""
+    from karpalign.config import load_config
+
+    cfg = load_demo_config(DEFAULT_CONFIG)
+    align, caption, regions = cfg.runs["align"], cfg.runs["caption"], cfg.runs["caption_regions"]
+    assert (align.train.task, caption.train.task, regions.train.task) == ("align", "caption", "caption")
+    assert (caption.train.on, regions.train.on) == ("images", "regions")
+    assert align.train.optimizer == "adam" and caption.train.optimizer == regions.train.optimizer == "rmsprop"
+    assert regions.data.max_words == 12 and caption.data.max_words == 20 and regions.decode.max_length == 10
+    assert align.extract == caption.extract and align.extract.proposer == "boxes" and align.extract.regions == 4
+    quick = load_demo_config(DEFAULT_CONFIG, quick=True)
+    assert quick.runs["align"].train.steps == 40 and quick.runs["caption_regions"].train.steps == 20
+    assert quick.runs["align"].train.val_max_images == 20 and quick.runs["caption"].decode.beam_size == 3
+    with tempfile.TemporaryDirectory() as tmp:
+        path = cfg.write_recipe(tmp, "d/dataset.json", "r/records", "r/regions")
+        for name, run in cfg.runs.items():
+            sets = [f"train.task={run.train.task}", f"train.on={run.train.on}"]
+            written = load_config(path, sets)
+            assert written.data.records_dir == "r/records" and written.data.dataset == "d/dataset.json"
+            written.data = run.data = None
+            assert written == run, name

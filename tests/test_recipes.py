@@ -44,10 +44,13 @@ def _config(name):
 def test_configs_hold_the_paper_settings(name):
     from karpalign.config import load_config
 
-    align = load_config(name)  # the recipe-name form of --config
-    caption = load_config(f"{name}_caption.yaml")
+    align = load_config(name)  # the recipe-name form of --config; the default task is align
+    caption = load_config(f"{name}.yaml", ["train.task=caption"])
+    regions = load_config(name, ["train.task=caption", "train.on=regions"])
     assert align.train.task == "align" and caption.train.task == "caption" and caption.train.on == "images"
-    for cfg in (align, caption):
+    assert (align.runtime.output_dir, caption.runtime.output_dir, regions.runtime.output_dir) == (
+        f"runs/{name}/align", f"runs/{name}/caption", f"runs/{name}/caption_regions")
+    for cfg in (align, caption, regions):
         assert cfg.train.batch_size == 100 and cfg.train.clip_value == 5.0
         assert cfg.model.embed_dim == 1000 and cfg.model.word_dim == 300
         assert 300 <= cfg.model.brnn_hidden <= 600
@@ -55,10 +58,11 @@ def test_configs_hold_the_paper_settings(name):
         assert cfg.model.gen_hidden == 512 and cfg.data.min_word_count == 5
         assert cfg.decode.beam_size == 7
         assert cfg.data.fold_restval == (name == "coco")
+        assert cfg.extract.regions == 19 and cfg.data.dataset == f"data/{name}/dataset.json"
     assert align.train.optimizer == "sgd" and align.train.momentum == 0.9
-    assert caption.train.optimizer == "rmsprop"
-    # The two runs of a recipe must share records, vocabulary and model settings (the export checks the vocab).
-    assert _config(name)["data"] == _config(f"{name}_caption")["data"]
+    assert caption.train.optimizer == regions.train.optimizer == "rmsprop"
+    # The runs of a recipe share records, vocabulary and model settings (the export checks the vocab).
+    assert align.data == caption.data == regions.data and align.extract == caption.extract
     assert align.model == caption.model and align.decode == caption.decode
 
 
@@ -66,7 +70,7 @@ def test_scenes_config_loads_and_every_recipe_key_is_known():
     import karpalign
     from karpalign.config import config_path, load_config, packaged_recipes
 
-    names = DATASETS + tuple(f"{d}_caption" for d in DATASETS) + ("scenes",)
+    names = DATASETS + ("scenes",)
     assert sorted(packaged_recipes()) == sorted(names + ("demo",))  # demo.yaml: karpalign-demo's (tests/test_demo.py)
     for name in names:
         load_config(name)  # raises on an unknown key or a bad value
@@ -97,19 +101,18 @@ def _commands(name):
     return [shlex.split(line) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_documented_extraction_matches_the_configs():
-    """The vocabulary is built by karpalign-extract: its flags must say what the YAML says."""
-    for name in DATASETS:
+def test_documented_commands_read_the_recipe_instead_of_repeating_it():
+    """Every documented step takes the dataset's one recipe; extraction repeats none of its settings as flags,
+    and the folders the later steps name are the recipe's."""
+    for name in DATASETS + ("scenes",):
         cfg = _config(name)["data"]
-        extract = [c for c in _commands(name) if c[0] == "karpalign-extract"]
-        assert len(extract) == 1, name
-        argv = extract[0]
-        assert argv[argv.index("--min-word-count") + 1] == str(cfg["min_word_count"]), name
-        assert ("--fold-restval" in argv) == cfg["fold_restval"], name
-        assert argv[argv.index("--out") + 1] == cfg["records_dir"], name
-        assert argv[argv.index("--regions") + 1] == "19", name  # 19 boxes + the full image (paper)
-        trains = [c for c in _commands(name) if c[0] == "karpalign-train"]
-        assert {c[c.index("--config") + 1] for c in trains} == {name, f"{name}_caption"}  # recipe names
+        commands = _commands(name)
+        assert [c for c in commands if c[0] == "karpalign-extract"] == [["karpalign-extract", "--config", name]]
+        trains = [c for c in commands if c[0] == "karpalign-train"]
+        assert trains and {c[c.index("--config") + 1] for c in trains} == {name}, name
+        for c in commands:
+            if "--records-dir" in c:
+                assert c[c.index("--records-dir") + 1] == cfg["records_dir"], (name, c)
 
 
 # ---- tiny data in the downloaded formats ------------------------------------------------------------------------
@@ -243,15 +246,19 @@ def _saved_config(run_dir):
         return yaml.safe_load(f)
 
 
-def _assert_recipe_values_used(run_dir, config_name):
-    """The run's resolved config is the YAML except for the test's sizes/steps."""
-    saved, recipe = _saved_config(run_dir), _config(config_name)
+def _assert_recipe_values_used(run_dir, config_name, task="align", on="images"):
+    """The run's resolved config is the recipe's (for its task) except for the test's sizes/steps."""
+    import dataclasses
+
+    from karpalign.config import load_config
+
+    saved = _saved_config(run_dir)
+    recipe = dataclasses.asdict(load_config(config_name, [f"train.task={task}", f"train.on={on}"]))
     changed = {s.split("=")[0] for s in TRAIN_SETS}
+    assert saved["train"]["task"] == task and saved["runtime"]["output_dir"] == recipe["runtime"]["output_dir"]
     for section, values in recipe.items():
         for key, value in values.items():
-            if f"{section}.{key}" not in changed and not (section, key) in {("train", "task"), ("train", "on"),
-                                                                             ("runtime", "output_dir"),
-                                                                             ("data", "records_dir")}:
+            if f"{section}.{key}" not in changed:
                 assert saved[section][key] == value, (config_name, section, key)
 
 
@@ -264,8 +271,13 @@ def test_flickr8k_recipe_end_to_end(workdir, capsys):
     assert records["num_regions"] == 20 and records["proposer"]["kind"] == "grid" and records["min_word_count"] == 5
     assert records["counts"] == {"test": 6, "train": 16, "val": 14} and records["failed"] == 0
     _assert_recipe_values_used("runs/flickr8k/align", "flickr8k")
-    _assert_recipe_values_used("runs/flickr8k/caption", "flickr8k_caption")
+    _assert_recipe_values_used("runs/flickr8k/caption", "flickr8k", "caption")
+    _assert_recipe_values_used("runs/flickr8k/caption_regions", "flickr8k", "caption", "regions")
     assert _saved_config("runs/flickr8k/caption_regions")["train"]["on"] == "regions"
+    with open("runs/flickr8k/records/extract.yaml", encoding="utf-8") as f:
+        extracted = yaml.safe_load(f)
+    assert set(extracted) == {"data", "extract"} and extracted["extract"]["proposer"] == "grid"
+    assert extracted["extract"]["cnn"] == workdir["cnn"] and extracted["data"]["image_root"] == "data/flickr8k/images"
     retrieval = json.loads(out["karpalign-eval"][0])
     assert retrieval["split"] == "test" and set(retrieval) >= {"i2t", "t2i"}
     assert os.path.isfile("runs/flickr8k/regions/manifest.json")

@@ -84,8 +84,7 @@ def test_wheel_ships_every_recipe_and_no_top_level_configs(installed):
     assert sorted(n[len("karpalign/configs/"):-len(".yaml")] for n in names
                   if n.startswith("karpalign/configs/") and n.endswith(".yaml")) == RECIPES
     assert not any(n.startswith("configs/") for n in names)
-    assert {"coco", "coco_caption", "demo", "flickr8k", "flickr8k_caption", "flickr30k", "flickr30k_caption",
-            "scenes"} <= set(RECIPES)
+    assert {"coco", "demo", "flickr8k", "flickr30k", "scenes"} <= set(RECIPES)
     metadata = zipfile.ZipFile(installed["wheel"]).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata
@@ -107,7 +106,7 @@ SCRIPT = textwrap.dedent("""
     with contextlib.redirect_stderr(err):
         bad_demo = demo.main(["--config", "no_such_recipe", "--quick", "--out", "unused"])
     coco = C.load_config("coco")
-    coco_caption = C.load_config(C.config_path("coco_caption.yaml"))
+    coco_caption = C.load_config(C.config_path("coco.yaml"), ["train.task=caption"])
     try:
         C.load_config("cocoa")
         unknown = None
@@ -121,7 +120,7 @@ SCRIPT = textwrap.dedent("""
         "default_config": demo_lib.DEFAULT_CONFIG, "recipes": C.packaged_recipes(),
         "resolved": {name: C.config_path(name) for name in C.packaged_recipes()},
         "quick_images": quick["scenes"]["num_images"], "full_images": full["scenes"]["num_images"],
-        "quick_steps": quick["align"]["train"]["steps"], "full_steps": full["align"]["train"]["steps"],
+        "quick_steps": quick.runs["align"].train.steps, "full_steps": full.runs["align"].train.steps,
         "bad_demo": bad_demo, "bad_demo_err": err.getvalue(), "unknown": unknown,
         "coco": [coco.train.task, coco.train.optimizer, coco.data.fold_restval],
         "coco_caption": [coco_caption.train.task, coco_caption.train.optimizer]}))
@@ -148,7 +147,7 @@ def test_installed_package_loads_the_quick_demo_config_from_the_wheel(installed)
     assert out["quick_images"] < out["full_images"] and out["quick_steps"] < out["full_steps"]
     assert out["bad_demo"] == 2 and "no_such_recipe not found" in out["bad_demo_err"]
     assert "demo, flickr30k" in out["bad_demo_err"]  # the packaged recipes are listed
-    assert out["unknown"].startswith("config file cocoa not found") and "coco, coco_caption" in out["unknown"]
+    assert out["unknown"].startswith("config file cocoa not found") and "coco, demo, flickr30k" in out["unknown"]
     assert out["coco"] == ["align", "sgd", True] and out["coco_caption"] == ["caption", "rmsprop"]
 
 
@@ -168,4 +167,4 @@ def test_installed_command_line_tools(installed):
     train = _python(installed, os.path.join(target, "bin", "karpalign-train"), "--task", "align", "--config",
                     "flickr9k")
     assert train.returncode == 2, train.stderr[-3000:]
-    assert "config file flickr9k not found" in train.stderr and "flickr8k, flickr8k_caption" in train.stderr
+    assert "config file flickr9k not found" in train.stderr and "flickr30k, flickr8k, scenes" in train.stderr

@@ -6,6 +6,6 @@ Modules (workers import them by module path, so every DoFn and element class liv
                   failure stage names
 - ``transforms``  the DoFns and the small labelled composites (``ReadImageBytes``, ``DecodeImages``,
                   ``ProposeRegions``, ``ExtractFeatures``, ``EncodeExamples``, ``WriteSplits``, ...)
-- ``job``         :class:`ExtractConfig`, :func:`build_pipeline` and :func:`run_extract` (vocabulary, counts,
+- ``job``         :func:`extract_config`, :func:`build_pipeline` and :func:`run_extract` (vocabulary, counts,
                   manifest, the input = written + failed check)
 """

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -35,15 +35,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils import shared
 
 from karpalign.beam import transforms as T
+from karpalign.config import Config, save_config
 from karpalign.beam.elements import STAGES, ImageItem
 from karpalign.data import features as F
 from karpalign.data.records import Record, ReadReport, by_split, iter_train_tokens, read_dataset
 from karpalign.data.text import Vocabulary
-from karpalign.vision.images import DEFAULT_MAX_PIXELS
 
 DEAD_LETTERS = "dead_letters.jsonl"
 JOB_DIR = "_job"
-DEFAULT_CNN = "efficientnet_lite0"
 _log = logging.getLogger(__name__)
 
 
@@ -51,98 +50,73 @@ class ExtractError(RuntimeError):
     """A configuration or consistency problem that stops the job; the message says what and where."""
 
 
-@dataclasses.dataclass
-class ExtractConfig:
-    """Everything the job needs besides the Beam pipeline options.
+def extract_config(dataset: str, out: str, *, image_root: str = "", min_word_count: int = 5,
+                   fold_restval: bool = False, **extract) -> Config:
+    """A :class:`karpalign.config.Config` for :func:`run_extract` from keyword arguments: the ``data`` keys
+    named here and any ``extract`` key (``cnn``, ``proposer``, ``regions``, ``batch_size``, ...; None keeps
+    the default)."""
+    cfg = Config()
+    cfg.data.dataset, cfg.data.records_dir, cfg.data.image_root = dataset, out, image_root or ""
+    cfg.data.min_word_count, cfg.data.fold_restval = min_word_count, fold_restval
+    known = {f.name for f in dataclasses.fields(cfg.extract)}
+    unknown = sorted(set(extract) - known)
+    if unknown:
+        raise ExtractError(f"unknown extract settings {unknown}; known: {sorted(known)}")
+    for key, value in extract.items():
+        if value is not None:
+            setattr(cfg.extract, key, list(value) if key == "splits" else value)
+    return cfg
 
-    Attributes:
-      dataset: Karpathy ``dataset.json``, COCO captions json or ``.jsonl`` (a local file).
-      out: output folder (local or any Beam filesystem URL, e.g. ``gs://bucket/records``).
-      image_root: folder the dataset's image paths are relative to (local or URL); default: the dataset's folder.
-      cnn: backbone spec for :func:`karpalign.vision.backbones.get_backbone`.
-      crop_size: side of the square region crops; default the backbone's input height.
-      proposer: ``boxes`` (the dataset's own boxes), ``grid``, ``segments`` (Selective Search-style, no model;
-        options as ``segments|scale=80|max_side=256``, see :class:`karpalign.vision.proposers.SegmentsProposer`)
-        or ``detector:<SavedModel or hub handle>``.
-      regions: K, boxes per image besides the full image (manifest ``num_regions`` = K + 1).
-      min_word_count: training-split count a word needs to enter the vocabulary.
-      fold_restval: COCO ``restval`` images count as ``train``.
-      shards_per_split: TFRecord files per split.
-      batch_size: images per CNN batch (upper bound of ``beam.BatchElements``).
-      min_batch_size: lower bound of ``beam.BatchElements`` (default ``batch_size``: fixed batches).
-      cnn_in_flight: batches the CNN may hold in a background thread while the worker prepares the next ones
-        (reading, decoding, proposing) and encodes the previous ones; 0 runs the CNN inline, without overlap
-        (needed with adaptive batches, ``min_batch_size < batch_size``).
-      max_image_pixels: decompression-bomb limit, width * height.
-      max_failure_fraction: the run counts as failed when failed / input exceeds this.
-      splits: splits to extract (default: every split in the dataset).
-      detector_score_threshold: for ``detector:`` proposers.
-      detector_iou_threshold: NMS IoU threshold of ``detector:`` and ``segments`` proposers.
-      progress_every: each worker logs a line per this many decoded images (0: never).
-      overwrite: replace earlier outputs in ``out`` (otherwise existing shards/manifest are an error).
-    """
 
-    dataset: str
-    out: str
-    image_root: Optional[str] = None
-    cnn: str = DEFAULT_CNN
-    crop_size: Optional[int] = None
-    proposer: str = "grid"
-    regions: int = 19
-    min_word_count: int = 5
-    fold_restval: bool = False
-    shards_per_split: int = 4
-    batch_size: int = 16
-    min_batch_size: Optional[int] = None
-    cnn_in_flight: int = 1
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_failure_fraction: float = 0.05
-    splits: Optional[Sequence[str]] = None
-    detector_score_threshold: float = 0.3
-    detector_iou_threshold: float = 0.5
-    progress_every: int = 100
-    overwrite: bool = False
+def validate_config(cfg: Config) -> None:
+    """Checks what the job reads (``data.dataset``, ``data.records_dir``, ``data.min_word_count`` and the
+    ``extract`` section); raises :class:`ExtractError` naming the key."""
+    e = cfg.extract
 
-    def validate(self) -> None:
-        def positive(name, value, lo=1):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ExtractError(f"{name} must be an integer >= {lo}, got {value!r}")
+    def positive(name, value, lo=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ExtractError(f"{name} must be an integer >= {lo}, got {value!r}")
 
-        positive("regions (K)", self.regions, 0)
-        positive("min_word_count", self.min_word_count)
-        positive("shards_per_split", self.shards_per_split)
-        positive("batch_size", self.batch_size)
-        positive("cnn_in_flight", self.cnn_in_flight, 0)
-        positive("max_image_pixels", self.max_image_pixels)
-        positive("progress_every", self.progress_every, 0)
-        if self.crop_size is not None:
-            positive("crop_size", self.crop_size, 8)
-        if self.min_batch_size is not None:
-            positive("min_batch_size", self.min_batch_size)
-            if self.min_batch_size > self.batch_size:
-                raise ExtractError(f"min_batch_size {self.min_batch_size} exceeds batch_size {self.batch_size}")
-            if self.min_batch_size < self.batch_size and self.cnn_in_flight > 0:
-                raise ExtractError(
-                    f"adaptive batches (min_batch_size {self.min_batch_size} < batch_size {self.batch_size}) need "
-                    f"cnn_in_flight 0, got {self.cnn_in_flight}: Beam sizes the batches by timing each one, and "
-                    "the CNN running in the background would be left out of that time")
-        if not 0.0 <= self.max_failure_fraction <= 1.0:
-            raise ExtractError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
-        if self.proposer.startswith("detector:") and not self.proposer[len("detector:"):]:
-            raise ExtractError("proposer 'detector:' needs a model path or hub handle after the colon")
-        from karpalign.vision.proposers import proposer_name
+    if not cfg.data.dataset:
+        raise ExtractError("data.dataset is empty: give the caption dataset (--dataset or data.dataset in --config)")
+    if not cfg.data.records_dir:
+        raise ExtractError("data.records_dir is empty: give the output folder (--out or data.records_dir in "
+                           "--config)")
+    positive("data.min_word_count", cfg.data.min_word_count)
+    positive("extract.regions (K)", e.regions, 0)
+    positive("extract.shards_per_split", e.shards_per_split)
+    positive("extract.batch_size", e.batch_size)
+    positive("extract.cnn_in_flight", e.cnn_in_flight, 0)
+    positive("extract.max_image_pixels", e.max_image_pixels)
+    positive("extract.progress_every", e.progress_every, 0)
+    if e.crop_size:
+        positive("extract.crop_size", e.crop_size, 8)
+    positive("extract.min_batch_size", e.min_batch_size, 0)
+    min_batch = e.min_batch_size or e.batch_size
+    if min_batch > e.batch_size:
+        raise ExtractError(f"extract.min_batch_size {min_batch} exceeds extract.batch_size {e.batch_size}")
+    if min_batch < e.batch_size and e.cnn_in_flight > 0:
+        raise ExtractError(
+            f"adaptive batches (extract.min_batch_size {min_batch} < batch_size {e.batch_size}) need "
+            f"extract.cnn_in_flight 0, got {e.cnn_in_flight}: Beam sizes the batches by timing each one, and "
+            "the CNN running in the background would be left out of that time")
+    if not 0.0 <= e.max_failure_fraction <= 1.0:
+        raise ExtractError(f"extract.max_failure_fraction must be in [0, 1], got {e.max_failure_fraction}")
+    if e.proposer.startswith("detector:") and not e.proposer[len("detector:"):]:
+        raise ExtractError("extract.proposer 'detector:' needs a model path or hub handle after the colon")
+    from karpalign.vision.proposers import proposer_name
 
-        try:  # get_proposer's own checks (unknown spec, segments options) without loading a detector
-            proposer_name(self.proposer, self.regions, self.detector_score_threshold, self.detector_iou_threshold)
-        except ValueError as exc:
-            raise ExtractError(str(exc)) from exc
+    try:  # get_proposer's own checks (unknown spec, segments options) without loading a detector
+        proposer_name(e.proposer, e.regions, e.detector_score_threshold, e.detector_iou_threshold)
+    except ValueError as exc:
+        raise ExtractError(f"extract.proposer: {exc}") from exc
 
 
 @dataclasses.dataclass
 class JobPlan:
     """What the launcher decided before the pipeline runs (see :func:`plan_job`)."""
 
-    config: ExtractConfig
+    config: Config
     items: list[ImageItem]
     splits: tuple[str, ...]
     vocab: Vocabulary
@@ -152,8 +126,12 @@ class JobPlan:
     feature_dim: int
 
     @property
+    def out(self) -> str:
+        return self.config.data.records_dir
+
+    @property
     def job_dir(self) -> str:
-        return FileSystems.join(self.config.out, JOB_DIR)
+        return FileSystems.join(self.out, JOB_DIR)
 
     @property
     def items_path(self) -> str:
@@ -165,11 +143,11 @@ class JobPlan:
 
     @property
     def dead_letters_path(self) -> str:
-        return FileSystems.join(self.config.out, DEAD_LETTERS)
+        return FileSystems.join(self.out, DEAD_LETTERS)
 
     @property
     def proposer(self) -> T.ProposerSpec:
-        c = self.config
+        c = self.config.extract
         return T.ProposerSpec(c.proposer, c.regions, c.detector_score_threshold, c.detector_iou_threshold)
 
 
@@ -196,59 +174,60 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def read_records(config: ExtractConfig, report: ReadReport) -> list[Record]:
+def read_records(config: Config, report: ReadReport) -> list[Record]:
     """Reads the dataset without checking image files (missing ones become "read" dead letters, counted).
 
     An image root that is a URL (``gs://...``) is applied after reading: the reader resolves paths against a
     local placeholder root (which also enforces that no path escapes the root), then the placeholder is
     swapped for the URL.
     """
-    root = config.image_root
+    d = config.data
+    root = d.image_root or None
     if root is not None and _is_url(root):
         placeholder = os.path.join(os.sep, "karpalign-remote-image-root")
-        records = read_dataset(config.dataset, placeholder, fold_restval=config.fold_restval,
+        records = read_dataset(d.dataset, placeholder, fold_restval=d.fold_restval,
                                check_images=False, report=report)
         for r in records:
             r.path = root.rstrip("/") + "/" + os.path.relpath(r.path, placeholder).replace(os.sep, "/")
         return records
-    return read_dataset(config.dataset, root, fold_restval=config.fold_restval, check_images=False,
-                        report=report)
+    return read_dataset(d.dataset, root, fold_restval=d.fold_restval, check_images=False, report=report)
 
 
-def plan_job(config: ExtractConfig) -> JobPlan:
+def plan_job(config: Config) -> JobPlan:
     """Validates the config, reads the dataset, builds the vocabulary (train split only), loads the backbone
     once to learn its feature dim and check the crop size, and lists the images to extract."""
     from karpalign.vision.backbones import get_backbone
 
-    config.validate()
+    validate_config(config)
+    d, e = config.data, config.extract
     report = ReadReport()
     records = read_records(config, report)
     groups = by_split(records)
     if not groups.get("train"):
-        raise ExtractError(f"{config.dataset} has no 'train' images: the vocabulary is built from the training "
+        raise ExtractError(f"{d.dataset} has no 'train' images: the vocabulary is built from the training "
                            f"split only (splits present: {sorted(groups) or 'none'}"
-                           + ("" if config.fold_restval else "; COCO 'restval' counts as train with --fold-restval")
+                           + ("" if d.fold_restval else "; COCO 'restval' counts as train with --fold-restval")
                            + ")")
-    vocab = Vocabulary.build(iter_train_tokens(records), min_count=config.min_word_count)
+    vocab = Vocabulary.build(iter_train_tokens(records), min_count=d.min_word_count)
 
-    splits = tuple(config.splits) if config.splits else tuple(sorted(groups))
+    splits = tuple(e.splits) if e.splits else tuple(sorted(groups))
     unknown = [s for s in splits if s not in groups]
     if unknown:
-        raise ExtractError(f"{config.dataset} has no images in split(s) {unknown}; it has {sorted(groups)}")
+        raise ExtractError(f"{d.dataset} has no images in split(s) {unknown}; it has {sorted(groups)}")
     if len(set(splits)) != len(splits):
         raise ExtractError(f"splits {list(splits)} name a split twice")
     items = [ImageItem.from_record(r) for r in records if r.split in splits]
 
     try:
-        backbone = get_backbone(config.cnn)
+        backbone = get_backbone(e.cnn)
     except (ValueError, FileNotFoundError) as exc:
-        raise ExtractError(f"cannot load the CNN {config.cnn!r}: {exc}") from exc
-    crop = config.crop_size or backbone.input_size[0]
+        raise ExtractError(f"cannot load the CNN {e.cnn!r}: {exc}") from exc
+    crop = e.crop_size or backbone.input_size[0]
     if backbone.fixed_size and backbone.input_size != (crop, crop):
         raise ExtractError(f"CNN {backbone.name} only accepts {backbone.input_size} inputs; the crop size is "
                            f"{crop}x{crop} (choose --crop-size {backbone.input_size[0]} or a variable-size model)")
-    if config.proposer.startswith("detector:"):
-        model = config.proposer[len("detector:"):]
+    if e.proposer.startswith("detector:"):
+        model = e.proposer[len("detector:"):]
         if not _is_url(model) and not os.path.exists(model) and os.sep in model:
             raise ExtractError(f"detector model {model} does not exist")
     return JobPlan(config=config, items=items, splits=splits, vocab=vocab, read_report=report,
@@ -257,7 +236,8 @@ def plan_job(config: ExtractConfig) -> JobPlan:
 
 def _existing_outputs(out: str) -> list[str]:
     patterns = [FileSystems.join(out, "*.tfrecord.gz"), FileSystems.join(out, F.MANIFEST),
-                FileSystems.join(out, DEAD_LETTERS), FileSystems.join(out, F.VOCAB)]
+                FileSystems.join(out, DEAD_LETTERS), FileSystems.join(out, F.VOCAB),
+                FileSystems.join(out, F.EXTRACT_CONFIG)]
     found = []
     for result in FileSystems.match(patterns):
         found += [m.path for m in result.metadata_list]
@@ -266,10 +246,10 @@ def _existing_outputs(out: str) -> list[str]:
 
 def prepare_output(plan: JobPlan) -> None:
     """Creates ``out`` (refusing to mix with an earlier run unless ``overwrite``) and writes the item file."""
-    out = plan.config.out
+    out = plan.out
     existing = _existing_outputs(out)
     if existing:
-        if not plan.config.overwrite:
+        if not plan.config.extract.overwrite:
             raise ExtractError(f"{out} already holds outputs of an earlier run ({len(existing)} files, e.g. "
                                f"{existing[0]}); stale shards would be read together with new ones. Choose a "
                                "new folder or pass --overwrite")
@@ -288,7 +268,7 @@ def prepare_output(plan: JobPlan) -> None:
 def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> dict:
     """Adds the extraction steps to ``p``; returns the main PCollections (for tests and extensions):
     ``items``, ``encoded`` ((split, example bytes)), ``dead_letters``, ``shards``, ``counts``."""
-    c = plan.config
+    c = plan.config.extract
     models = shared.Shared()  # one backbone / proposer per worker process, shared by its DoFn threads
     items = p | "ReadRecords" >> T.ReadItems(plan.items_path)
     images, dead_read = items | "ReadImageBytes" >> T.ReadImageBytes()
@@ -298,7 +278,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> dict:
         models, plan.cnn_spec, plan.crop_size, c.min_batch_size or c.batch_size, c.batch_size,
         c.cnn_in_flight)
     encoded, dead_encode = featurized | "EncodeExamples" >> T.EncodeExamples()
-    shards = encoded | "WriteSplits" >> T.WriteSplits(c.out, plan.splits, c.shards_per_split)
+    shards = encoded | "WriteSplits" >> T.WriteSplits(plan.out, plan.splits, c.shards_per_split)
     dead = ((dead_read, dead_decode, dead_propose, dead_features, dead_encode)
             | "FlattenDeadLetters" >> beam.Flatten())
     dead | "WriteDeadLetters" >> T.WriteDeadLetters(plan.dead_letters_path)
@@ -354,11 +334,19 @@ def _publish(local_path: str, dest: str) -> None:
     FileSystems.copy([local_path], [dest])
 
 
+def _write_side_files(plan: JobPlan, manifest: F.Manifest, folder: str) -> str:
+    """vocab.txt, manifest.json and the job's resolved config (``extract.yaml``: ``karpalign-extract --config``
+    repeats the run) in a local folder; returns the manifest's path."""
+    plan.vocab.save(os.path.join(folder, F.VOCAB))
+    save_config(plan.config, folder, F.EXTRACT_CONFIG, sections=("data", "extract"))
+    return manifest.write(folder)
+
+
 def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
     """Checks ``input == written + failed``, writes ``vocab.txt`` and ``manifest.json``, removes ``_job/``."""
     from karpalign.vision.proposers import proposer_name
 
-    c = plan.config
+    c, d, out = plan.config.extract, plan.config.data, plan.out
     n_input, written, failed = read_counts(plan.counts_path)
     n_written, n_failed = sum(written.values()), sum(failed.values())
     if n_input != len(plan.items):
@@ -383,26 +371,25 @@ def finalize(plan: JobPlan, counters: dict) -> ExtractResult:
         failures_by_stage={stage: failed[stage] for stage in STAGES if failed.get(stage)},
         dead_letters=DEAD_LETTERS,
         extra={
-            "dataset": os.path.abspath(c.dataset),
-            "image_root": c.image_root,
-            "min_word_count": c.min_word_count,
-            "fold_restval": c.fold_restval,
+            "dataset": os.path.abspath(d.dataset),
+            "image_root": d.image_root or None,
+            "min_word_count": d.min_word_count,
+            "fold_restval": d.fold_restval,
             "vocab": F.VOCAB,
             "max_image_pixels": c.max_image_pixels,
             "shards_per_split": c.shards_per_split,
             "empty_captions_dropped": plan.read_report.empty_captions,
         })
-    if _is_url(c.out):
+    side_files = (F.VOCAB, F.MANIFEST, F.EXTRACT_CONFIG)
+    if _is_url(out):
         with tempfile.TemporaryDirectory() as tmp:
-            plan.vocab.save(os.path.join(tmp, F.VOCAB))
-            manifest.write(tmp)
-            _publish(os.path.join(tmp, F.VOCAB), FileSystems.join(c.out, F.VOCAB))
-            _publish(os.path.join(tmp, F.MANIFEST), FileSystems.join(c.out, F.MANIFEST))
-        manifest_path = FileSystems.join(c.out, F.MANIFEST)
+            _write_side_files(plan, manifest, tmp)
+            for name in side_files:
+                _publish(os.path.join(tmp, name), FileSystems.join(out, name))
+        manifest_path = FileSystems.join(out, F.MANIFEST)
     else:
-        plan.vocab.save(os.path.join(c.out, F.VOCAB))
-        manifest_path = manifest.write(c.out)
-        manifest = F.read_manifest(c.out)
+        manifest_path = _write_side_files(plan, manifest, out)
+        manifest = F.read_manifest(out)
     FileSystems.delete([plan.job_dir])
     return ExtractResult(manifest=manifest, manifest_path=manifest_path, counters=counters)
 
@@ -429,21 +416,21 @@ def _runner(options: PipelineOptions):
     return fn_runner.FnApiRunner(provision_info=provision), "FnApiRunner (local)"
 
 
-def run_extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> ExtractResult:
+def run_extract(config: Config, pipeline_args: Sequence[str] = ()) -> ExtractResult:
     """Plans, runs the pipeline with the given Beam options (runner, project, ...), and finalizes.
 
     Raises :class:`ExtractError` for configuration problems and broken invariants, and
     :class:`karpalign.data.records.DatasetError` for malformed datasets. A high failure fraction is not an
-    exception: check ``result.acceptable(config.max_failure_fraction)``.
+    exception: check ``result.acceptable(config.extract.max_failure_fraction)``.
     """
     plan = plan_job(config)
     if not plan.items:
-        raise ExtractError(f"{config.dataset} has no images in the chosen splits {list(plan.splits)}")
+        raise ExtractError(f"{config.data.dataset} has no images in the chosen splits {list(plan.splits)}")
     prepare_output(plan)
     options = PipelineOptions(list(pipeline_args))
     runner, runner_name = _runner(options)
     _log.info("karpalign-extract: %d images (%s) -> %s with %s, %s regions, runner %s", len(plan.items),
-              ", ".join(plan.splits), config.out, plan.cnn_spec, plan.proposer.tag, runner_name)
+              ", ".join(plan.splits), plan.out, plan.cnn_spec, plan.proposer.tag, runner_name)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, plan)
     result = p.run()

@@ -141,6 +141,7 @@ def parse_examples(serialized, feature_dim: int, max_regions: int | None = None)
 
 MANIFEST = "manifest.json"
 VOCAB = "vocab.txt"
+EXTRACT_CONFIG = "extract.yaml"  # the extraction's resolved data + extract config (karpalign-extract --config)
 
 
 def shard_pattern(records_dir: str, split: str) -> str:

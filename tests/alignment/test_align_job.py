@@ -99,7 +99,7 @@ def scenes_alignment(tmp_path_factory):
     trained on them. Returns (records dir, model dir)."""
     import keras
 
-    from karpalign.beam.job import ExtractConfig, run_extract
+    from karpalign.beam.job import extract_config, run_extract
     from karpalign.config import load_config
     from karpalign.datasets.generate import generate_scenes
     from karpalign.testing import SMALL_MODEL
@@ -117,7 +117,7 @@ def scenes_alignment(tmp_path_factory):
     cnn = str(root / "tiny_cnn.keras")
     keras.Model(inputs, x).save(cnn)
     records = str(root / "records")
-    run_extract(ExtractConfig(dataset=scenes["dataset_json"], out=records, cnn=f"keras:{cnn}|size=24,24",
+    run_extract(extract_config(scenes["dataset_json"], records, cnn=f"keras:{cnn}|size=24,24",
                               proposer="boxes", regions=4, min_word_count=1, shards_per_split=1, batch_size=8,
                               progress_every=0), ["--runner=DirectRunner"])
     model_dir = str(root / "align")

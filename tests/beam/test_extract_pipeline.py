@@ -14,12 +14,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _config(dataset, out, cnn, **kw):
-    from karpalign.beam.job import ExtractConfig
+    from karpalign.beam.job import extract_config
 
     defaults = dict(proposer="boxes", regions=3, min_word_count=1, shards_per_split=2, batch_size=4,
                     progress_every=0)
     defaults.update(kw)
-    return ExtractConfig(dataset=dataset, out=str(out), cnn=cnn, **defaults)
+    return extract_config(dataset, str(out), cnn=cnn, **defaults)
 
 
 def _read_split(out, split, feature_dim, num_regions):

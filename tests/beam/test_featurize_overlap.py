@@ -173,14 +173,14 @@ def test_batches_left_by_a_failed_bundle_are_cancelled_at_the_next_bundle():
 
 
 def test_in_flight_must_be_a_non_negative_integer_and_zero_with_adaptive_batches(tmp_path):
-    from karpalign.beam.job import ExtractConfig, ExtractError
+    from karpalign.beam.job import ExtractError, extract_config, validate_config
 
-    config = ExtractConfig(dataset="d.json", out=str(tmp_path), cnn_in_flight=-1)
-    with pytest.raises(ExtractError, match="cnn_in_flight must be an integer >= 0, got -1"):
-        config.validate()
-    adaptive = ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=4)
-    with pytest.raises(ExtractError, match=r"adaptive batches \(min_batch_size 4 < batch_size 16\) need "
-                                           "cnn_in_flight 0, got 1"):
-        adaptive.validate()
-    ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=4, cnn_in_flight=0).validate()
-    ExtractConfig(dataset="d.json", out=str(tmp_path), batch_size=16, min_batch_size=16).validate()
+    config = extract_config("d.json", str(tmp_path), cnn_in_flight=-1)
+    with pytest.raises(ExtractError, match="extract.cnn_in_flight must be an integer >= 0, got -1"):
+        validate_config(config)
+    adaptive = extract_config("d.json", str(tmp_path), batch_size=16, min_batch_size=4)
+    with pytest.raises(ExtractError, match=r"adaptive batches \(extract.min_batch_size 4 < batch_size 16\) need "
+                                           "extract.cnn_in_flight 0, got 1"):
+        validate_config(adaptive)
+    validate_config(extract_config("d.json", str(tmp_path), batch_size=16, min_batch_size=4, cnn_in_flight=0))
+    validate_config(extract_config("d.json", str(tmp_path), batch_size=16, min_batch_size=16))

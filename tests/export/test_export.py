@@ -363,7 +363,7 @@ def format_parity(exported, tmp_path_factory):
     both the TF2 way and the way TF Serving runs it (session + saver)."""
     import json
 
-    from karpalign.beam.job import ExtractConfig, run_extract
+    from karpalign.beam.job import extract_config, run_extract
 
     root = tmp_path_factory.mktemp("formats")
     images = _format_images()
@@ -373,8 +373,8 @@ def format_parity(exported, tmp_path_factory):
             fh.write(json.dumps({"image": f"{name}.{ext}", "caption": f"a picture stored as {name}",
                                  "split": "train"}) + "\n")
     out = root / "records"
-    result = run_extract(ExtractConfig(
-        dataset=str(root / "captions.jsonl"), out=str(out), cnn=exported["manifest"].cnn_spec, crop_size=CROP,
+    result = run_extract(extract_config(
+        str(root / "captions.jsonl"), str(out), cnn=exported["manifest"].cnn_spec, crop_size=CROP,
         proposer="grid", regions=K_GRID, min_word_count=1, shards_per_split=1, batch_size=4,
         max_failure_fraction=1.0, progress_every=0), ["--runner=DirectRunner"])
     parsed = tf.data.TFRecordDataset(sorted(str(p) for p in out.glob("train-*.tfrecord.gz")), compression_type="GZIP")
