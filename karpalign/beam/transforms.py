@@ -1,13 +1,24 @@
 """The extraction steps: DoFns and the small labelled composites that wire them.
 
 Each composite takes a ``PCollection[ImageItem]`` and returns ``(good, dead)``: the items that made it through
-and the :class:`DeadLetter` s of those that did not (a tagged side output of the DoFn). Heavy objects -- the
-CNN backbone and the region proposer -- are built once per worker process in ``DoFn.setup`` through an
-``apache_beam.utils.shared.Shared`` handle, so all DoFn instances (threads) of a worker share one copy.
-Every DoFn counts its work with Beam counters in the ``karpalign.extract`` namespace.
+and the :class:`DeadLetter` s of those that did not. A DoFn yields both on its one output and two plain filters
+split them (:func:`_split`): tagged side outputs are not routed to their consumers by every runner (Beam 2.77's
+DaskRunner gives each consumer all of them). Heavy objects -- the CNN backbone and the region proposer -- are
+built once per worker process in ``DoFn.setup`` through an ``apache_beam.utils.shared.Shared`` handle (one
+handle each), so all DoFn instances (threads) of a worker share one copy. Every DoFn counts its work with Beam
+counters in the ``karpalign.extract`` namespace.
 
-The CNN runs on batches: ``beam.BatchElements`` groups images, their region crops are concatenated and the
-backbone sees them in one call, so the network runs on full batches whatever the number of regions per image.
+The CNN runs on batches, their region crops concatenated so the backbone sees them in one call. On runners that
+keep what ``finish_bundle`` emits, ``beam.BatchElements`` forms them; on a runner that drops it (the
+DaskRunner) a ``GroupByKey`` on the launcher's item number does, so no batch is ever emitted at bundle end.
+
+Every file -- the item list, the images, the shards, ``dead_letters.jsonl``, the count file -- is read and
+written through ``apache_beam.io.filesystems``: local paths, ``gs://``, ``s3://``, ``hdfs://`` or any scheme
+registered as a Beam ``FileSystem``. The output files are written by the job's own small writers (group by
+destination file, write a temporary file, rename it into place): Beam's ``WriteToText`` / ``WriteToTFRecord``
+need side inputs and emit from ``finish_bundle``, which the DaskRunner does not support. Filesystem plugins
+(modules that register a scheme) are imported by every I/O step's ``setup``, so they reach workers that are
+started without Beam's ``sdk_worker_main`` (the Python worker pool, Dask workers) too.
 
 Decoding, cropping, the pixel mapping and the CNN are the functions of :mod:`karpalign.vision.region_features`
 that the serving graph runs as well (the job runs them in separate steps to overlap them), so an image gives
@@ -18,46 +29,105 @@ the same features here and through ``serving_default``; an image the serving gra
 import collections
 import concurrent.futures
 import dataclasses
+import importlib
 import logging
 import os
-from typing import Iterable, Optional
+import uuid
+import zlib
+from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.pvalue import PCollection
 from apache_beam.utils.windowed_value import WindowedValue
 
-from karpalign.beam.elements import (DEAD_LETTER_TAG, STAGE_DECODE, STAGE_ENCODE, STAGE_FEATURES, STAGE_PROPOSE,
-                                     STAGE_READ, DeadLetter, ImageItem)
+from karpalign.beam.elements import (STAGE_DECODE, STAGE_ENCODE, STAGE_FEATURES, STAGE_PATH, STAGE_PROPOSE,
+                                     STAGE_READ, DeadLetter, ImageItem, is_dead_letter, is_result)
 
 NAMESPACE = "karpalign.extract"
 _log = logging.getLogger(__name__)
 
 
-def _dead(item: ImageItem, stage: str, reason: str, counter) -> TaggedOutput:
+def _dead(item: ImageItem, stage: str, reason: str, counter) -> DeadLetter:
     counter.inc()
-    return TaggedOutput(DEAD_LETTER_TAG, DeadLetter.of(item, stage, reason))
+    return DeadLetter.of(item, stage, reason)
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# kind ("backbone", "proposer") -> the last model this process acquired. A Shared handle keeps only a weak
+# reference plus the one object acquired last in the process, whatever its handle; runners that build a fresh
+# DoFn instance for every bundle (the DaskRunner: one per partition) would otherwise load the CNN again and
+# again whenever a proposer was acquired in between. One model of each kind stays, as on a runner that reuses
+# DoFn instances.
+_KEPT: dict = {}
+
+
+def _acquire(shared_handle, constructor, tag: str, kind: str):
+    model = shared_handle.acquire(constructor, tag=tag)
+    _KEPT[kind] = model
+    return model
+
+
+def _split(outcomes: PCollection):
+    """One step's output (results and dead letters) -> (results, dead letters), by two plain filters."""
+    return (outcomes | "Results" >> beam.Filter(is_result),
+            outcomes | "DeadLetters" >> beam.Filter(is_dead_letter))
+
+
+# ---- filesystem plugins -------------------------------------------------------------------------------------
+
+
+def import_plugins(plugins: Sequence[str]) -> None:
+    """Imports modules (or ``module.Class`` paths, as ``--beam_plugins`` lists them) that register Beam
+    filesystems; an error names the plugin, so a worker without it fails with a clear message."""
+    for plugin in plugins:
+        try:
+            importlib.import_module(plugin)
+        except ImportError as exc:
+            module = plugin.rpartition(".")[0]
+            try:
+                if not module:
+                    raise
+                importlib.import_module(module)
+            except ImportError:
+                raise ImportError(f"karpalign-extract: cannot import the filesystem plugin {plugin!r} on this "
+                                  f"worker ({exc}); install it where the workers run") from exc
+
+
+class _FilesDoFn(beam.DoFn):
+    """A step that reads or writes files: imports the filesystem plugins first, on whichever worker it runs."""
+
+    def __init__(self, plugins: Sequence[str] = ()):
+        self.plugins = tuple(plugins)
+
+    def setup(self):
+        import_plugins(self.plugins)
+
+
 # ---- read ---------------------------------------------------------------------------------------------------
 
 
-class ReadImageBytesFn(beam.DoFn):
-    """Item -> item with the file's bytes, through Beam's FileSystems (local paths, gs://, s3://, hdfs://)."""
+class ReadImageBytesFn(_FilesDoFn):
+    """Item -> item with the file's bytes, through Beam's FileSystems (local paths, gs://, s3://, hdfs://); an
+    item whose path the dataset reader refused becomes a "path" dead letter without touching storage."""
 
-    def __init__(self):
+    def __init__(self, plugins: Sequence[str] = ()):
+        super().__init__(plugins)
         self.images_read = Metrics.counter(NAMESPACE, "images_read")
         self.bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
         self.failed = Metrics.counter(NAMESPACE, f"failed_{STAGE_READ}")
+        self.refused = Metrics.counter(NAMESPACE, f"failed_{STAGE_PATH}")
 
-    def process(self, item: ImageItem) -> Iterable[ImageItem]:
+    def process(self, item: ImageItem) -> Iterable:
+        if item.path_error:
+            yield _dead(item, STAGE_PATH, item.path_error, self.refused)
+            return
         try:
             # UNCOMPRESSED: an image named *.gz is still raw bytes, never inflated behind our back.
             with FileSystems.open(item.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -71,10 +141,9 @@ class ReadImageBytesFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def ReadImageBytes(items: PCollection[ImageItem]):
-    """Reads every item's image file -> (items with ``data``, dead letters of stage "read")."""
-    out = items | "Read" >> beam.ParDo(ReadImageBytesFn()).with_outputs(DEAD_LETTER_TAG, main="images")
-    return out.images, out[DEAD_LETTER_TAG]
+def ReadImageBytes(items: PCollection[ImageItem], plugins: Sequence[str] = ()):
+    """Reads every item's image file -> (items with ``data``, dead letters of stage "path" or "read")."""
+    return _split(items | "Read" >> beam.ParDo(ReadImageBytesFn(plugins)))
 
 
 # ---- decode -------------------------------------------------------------------------------------------------
@@ -91,7 +160,7 @@ class DecodeImageFn(beam.DoFn):
         self.failed = {stage: Metrics.counter(NAMESPACE, f"failed_{stage}") for stage in ("decode", "bomb")}
         self._seen = 0
 
-    def process(self, item: ImageItem) -> Iterable[ImageItem]:
+    def process(self, item: ImageItem) -> Iterable:
         from karpalign.vision.images import ImageDecodeError
         from karpalign.vision.region_features import decode_image_array
 
@@ -113,9 +182,7 @@ class DecodeImageFn(beam.DoFn):
 @beam.ptransform_fn
 def DecodeImages(images: PCollection[ImageItem], max_pixels: int, progress_every: int = 0):
     """Decodes every image -> (items with ``image``, dead letters of stage "decode" or "bomb")."""
-    out = images | "Decode" >> beam.ParDo(DecodeImageFn(max_pixels, progress_every)).with_outputs(
-        DEAD_LETTER_TAG, main="decoded")
-    return out.decoded, out[DEAD_LETTER_TAG]
+    return _split(images | "Decode" >> beam.ParDo(DecodeImageFn(max_pixels, progress_every)))
 
 
 # ---- propose ------------------------------------------------------------------------------------------------
@@ -151,9 +218,9 @@ class ProposeRegionsFn(beam.DoFn):
         self._proposer = None
 
     def setup(self):
-        self._proposer = self._shared.acquire(self.proposer_spec.build, tag=self.proposer_spec.tag)
+        self._proposer = _acquire(self._shared, self.proposer_spec.build, self.proposer_spec.tag, "proposer")
 
-    def process(self, item: ImageItem) -> Iterable[ImageItem]:
+    def process(self, item: ImageItem) -> Iterable:
         try:
             regions = self._proposer.propose(item.image, boxes=item.boxes, source=item.path)  # (R, 4)
         except Exception as exc:  # bad or missing boxes, detector failure
@@ -163,12 +230,39 @@ class ProposeRegionsFn(beam.DoFn):
         yield dataclasses.replace(item, regions=np.asarray(regions, np.float32))
 
 
+PROPOSE_BATCH = 16  # images per call of a proposer that runs a network on many at once (learned:)
+
+
+class ProposeBatchesFn(ProposeRegionsFn):
+    """A batch of items -> what :class:`ProposeRegionsFn` gives for each, from ONE ``propose_batch`` call. When
+    the batched call fails, every image is proposed alone, so only the culprit becomes a dead letter."""
+
+    def process(self, batch: list) -> Iterable:
+        try:
+            proposals = self._proposer.propose_batch([item.image for item in batch], [item.path for item in batch])
+        except Exception:  # e.g. one empty image: find it
+            for item in batch:
+                yield from super().process(item)
+            return
+        for item, regions in zip(batch, proposals):
+            self.regions.inc(len(regions))
+            yield dataclasses.replace(item, regions=np.asarray(regions, np.float32))
+
+
 @beam.ptransform_fn
 def ProposeRegions(decoded: PCollection[ImageItem], shared_handle, proposer: ProposerSpec):
-    """Proposes regions for every image -> (items with ``regions``, dead letters of stage "propose")."""
-    out = decoded | "Propose" >> beam.ParDo(ProposeRegionsFn(shared_handle, proposer)).with_outputs(
-        DEAD_LETTER_TAG, main="proposed")
-    return out.proposed, out[DEAD_LETTER_TAG]
+    """Proposes regions for every image -> (items with ``regions``, dead letters of stage "propose").
+
+    A learned proposer (``learned:``, a network) gets batches of up to :data:`PROPOSE_BATCH` images
+    (``beam.BatchElements``), except on runners that drop what ``finish_bundle`` emits (then one at a time).
+    """
+    if proposer.spec.startswith("learned:"):
+        from karpalign.beam.job import runner_drops_finish_bundle_outputs
+
+        if not runner_drops_finish_bundle_outputs(decoded.pipeline.runner):
+            batches = decoded | "ProposeBatch" >> beam.BatchElements(min_batch_size=1, max_batch_size=PROPOSE_BATCH)
+            return _split(batches | "Propose" >> beam.ParDo(ProposeBatchesFn(shared_handle, proposer)))
+    return _split(decoded | "Propose" >> beam.ParDo(ProposeRegionsFn(shared_handle, proposer)))
 
 
 # ---- CNN features -------------------------------------------------------------------------------------------
@@ -188,7 +282,8 @@ class ExtractFeaturesFn(beam.DoFn):
     the images of batch k + 1 and encoding the results of batch k - 1. ``in_flight`` batches may be
     waiting for or in the network at once (0: run inline, no thread); each holds its crops (the decoded
     images are dropped once cropped). Results keep their batch's window, timestamp and pane and leave in
-    input order; whatever is still in flight is emitted at the end of the bundle.
+    input order; whatever is still in flight is emitted at the end of the bundle, so a runner that drops what
+    ``finish_bundle`` emits needs ``in_flight`` 0 (every batch leaves the call that brought it).
     """
 
     def __init__(self, shared_handle, cnn_spec: str, crop_size: int, in_flight: int = 1):
@@ -204,8 +299,8 @@ class ExtractFeaturesFn(beam.DoFn):
         self._pending: collections.deque = collections.deque()
 
     def setup(self):
-        # Shared keeps a weak reference; this DoFn's attribute is the strong one that keeps the model alive.
-        self._backbone = self._shared.acquire(self._load, tag=f"backbone:{self.cnn_spec}")
+        # The attribute keeps the model alive for this instance (and _KEPT for the process: see _acquire).
+        self._backbone = _acquire(self._shared, self._load, f"backbone:{self.cnn_spec}", "backbone")
         if self.in_flight > 0:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                    thread_name_prefix="karpalign-cnn")
@@ -283,8 +378,8 @@ class ExtractFeaturesFn(beam.DoFn):
             self.batches.inc()
         for item, feats, reason in results:
             if feats is None:
-                letter = _dead(item, STAGE_FEATURES, reason, self.failed)
-                yield TaggedOutput(letter.tag, WindowedValue(letter.value, timestamp, (window,), pane_info))
+                yield WindowedValue(_dead(item, STAGE_FEATURES, reason, self.failed), timestamp, (window,),
+                                    pane_info)
             else:
                 self.featurized.inc()
                 yield WindowedValue(dataclasses.replace(item, features=feats), timestamp, (window,), pane_info)
@@ -295,15 +390,42 @@ class ExtractFeaturesFn(beam.DoFn):
             self._executor = None
 
 
+class _BatchKey:
+    """Item -> (its batch number, item): consecutive runs of ``batch_size`` of the launcher's item numbers."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = int(batch_size)
+
+    def __call__(self, item: ImageItem) -> tuple[int, ImageItem]:
+        return item.seq // self.batch_size, item
+
+
+def _batch_of(group: tuple[int, Iterable[ImageItem]]) -> list[ImageItem]:
+    return sorted(group[1], key=lambda item: item.seq)
+
+
 @beam.ptransform_fn
 def ExtractFeatures(proposed: PCollection[ImageItem], shared_handle, cnn_spec: str, crop_size: int,
-                    min_batch_size: int, max_batch_size: int, in_flight: int = 1):
-    """Batches images and computes region features -> (items with ``features``, dead letters "features")."""
-    out = (proposed
-           | "Batch" >> beam.BatchElements(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-           | "Featurize" >> beam.ParDo(ExtractFeaturesFn(shared_handle, cnn_spec, crop_size, in_flight))
-           .with_outputs(DEAD_LETTER_TAG, main="featurized"))
-    return out.featurized, out[DEAD_LETTER_TAG]
+                    min_batch_size: int, max_batch_size: int, in_flight: int = 1, group_batches: bool = False):
+    """Batches images and computes region features -> (items with ``features``, dead letters "features").
+
+    ``group_batches``: form the batches with a ``GroupByKey`` on the item number (at most ``max_batch_size``
+    images each) instead of ``beam.BatchElements``, which emits the last batch of a bundle from
+    ``finish_bundle`` -- for runners that drop those outputs (then ``in_flight`` must be 0 as well).
+    """
+    if group_batches:
+        if in_flight:
+            raise ValueError(f"group_batches needs in_flight 0 (a runner that drops finish_bundle outputs would "
+                             f"lose the batches still in flight), got {in_flight}")
+        batches = (proposed
+                   | "BatchKey" >> beam.Map(_BatchKey(max_batch_size))
+                   | "GroupBatches" >> beam.GroupByKey()
+                   | "Batch" >> beam.Map(_batch_of))
+    else:
+        batches = proposed | "Batch" >> beam.BatchElements(min_batch_size=min_batch_size,
+                                                           max_batch_size=max_batch_size)
+    return _split(batches | "Featurize" >> beam.ParDo(
+        ExtractFeaturesFn(shared_handle, cnn_spec, crop_size, in_flight)))
 
 
 # ---- tokenize and encode ------------------------------------------------------------------------------------
@@ -323,7 +445,7 @@ class EncodeExampleFn(beam.DoFn):
         self.written = Metrics.counter(NAMESPACE, "written")
         self.failed = Metrics.counter(NAMESPACE, f"failed_{STAGE_ENCODE}")
 
-    def process(self, item: ImageItem) -> Iterable[tuple[str, bytes]]:
+    def process(self, item: ImageItem) -> Iterable:
         from karpalign.data.features import encode_example
 
         try:
@@ -339,85 +461,128 @@ class EncodeExampleFn(beam.DoFn):
 @beam.ptransform_fn
 def EncodeExamples(featurized: PCollection[ImageItem]):
     """Tokenizes and serializes -> ((split, example bytes), dead letters of stage "encode")."""
-    out = (featurized
-           | "Tokenize" >> beam.Map(tokenize_item)
-           | "Encode" >> beam.ParDo(EncodeExampleFn()).with_outputs(DEAD_LETTER_TAG, main="encoded"))
-    return out.encoded, out[DEAD_LETTER_TAG]
+    return _split(featurized
+                  | "Tokenize" >> beam.Map(tokenize_item)
+                  | "Encode" >> beam.ParDo(EncodeExampleFn()))
 
 
 # ---- write --------------------------------------------------------------------------------------------------
-
-
-def shard_prefix(out_dir: str, split: str) -> str:
-    return FileSystems.join(out_dir, split)
-
 
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_SUFFIX = ".tfrecord.gz"
 
 
-class _SplitIndex:
-    """Partition function: (split, example) -> index of its split (picklable, unlike a closure)."""
+def shard_path(out_dir: str, split: str, shard: int, num_shards: int) -> str:
+    """``{out_dir}/{split}-SSSSS-of-NNNNN.tfrecord.gz``."""
+    return FileSystems.join(out_dir, f"{split}-{shard:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
 
-    def __init__(self, splits: tuple[str, ...]):
+
+def _replace(tmp: str, dest: str) -> None:
+    """Moves a finished temporary file into place, replacing an earlier attempt's file (a retried bundle)."""
+    if FileSystems.exists(dest):
+        FileSystems.delete([dest])
+    FileSystems.rename([tmp], [dest])
+
+
+class WriteShardFn(_FilesDoFn):
+    """((split, shard), examples) -> one GZIP TFRecord file with those examples; yields its path.
+
+    A ``None`` among the examples is the marker that makes every shard exist (an empty file if no example
+    landed there). The file is written under ``tmp_dir`` and renamed into place once complete.
+    """
+
+    def __init__(self, out_dir: str, num_shards: int, tmp_dir: str, plugins: Sequence[str] = ()):
+        super().__init__(plugins)
+        self.out_dir, self.num_shards, self.tmp_dir = out_dir, int(num_shards), tmp_dir
+        self.records = Metrics.counter(NAMESPACE, "records_in_shards")
+
+    def process(self, element: tuple[tuple[str, int], Iterable[Optional[bytes]]]) -> Iterable[str]:
+        from karpalign.beam.crc32c import tfrecord_frame
+
+        (split, shard), examples = element
+        dest = shard_path(self.out_dir, split, shard, self.num_shards)
+        tmp = FileSystems.join(self.tmp_dir, f"{uuid.uuid4().hex}-{split}-{shard:05d}{SHARD_SUFFIX}")
+        n = 0
+        with FileSystems.create(tmp, compression_type=CompressionTypes.GZIP) as f:
+            for example in examples:
+                if example is not None:
+                    f.write(tfrecord_frame(example))
+                    n += 1
+        _replace(tmp, dest)
+        self.records.inc(n)
+        yield dest
+
+
+class _ShardKey:
+    """(split, example) -> ((split, shard), example); the shard follows from the example's bytes, so an image
+    lands in the same shard on every runner and every retry."""
+
+    def __init__(self, num_shards: int):
+        self.num_shards = int(num_shards)
+
+    def __call__(self, element: tuple[str, bytes]) -> tuple[tuple[str, int], bytes]:
+        split, example = element
+        return (split, zlib.crc32(example) % self.num_shards), example
+
+
+class _CheckSplit:
+    """Refuses an example of a split the job does not write (a bug upstream, never silently dropped)."""
+
+    def __init__(self, splits: Sequence[str]):
         self.splits = tuple(splits)
 
-    def __call__(self, element: tuple[str, bytes], num_partitions: int) -> int:
-        split = element[0]
-        if split not in self.splits:
-            raise ValueError(f"example of split {split!r} reached the writer, which only writes {self.splits}")
-        return self.splits.index(split)
-
-
-def _value(element: tuple[str, bytes]) -> bytes:
-    return element[1]
-
-
-class TFRecordBytesCoder(beam.coders.BytesCoder):
-    """Bytes as they are, like the writer's default coder; it also makes sure the worker that writes has a
-    CRC-32C for the TFRecord checksums (:func:`karpalign.beam.crc32c.ensure_beam_crc32c`). The coder travels
-    inside the sink to whichever worker writes, so that worker imports this module and installs the CRC."""
-
-    def __init__(self):
-        super().__init__()
-        self._ready = False
-
-    def encode(self, value: bytes) -> bytes:
-        if not self._ready:
-            from karpalign.beam.crc32c import ensure_beam_crc32c
-
-            ensure_beam_crc32c()
-            self._ready = True
-        return value
-
-    def __getstate__(self):
-        return {}
-
-    def __setstate__(self, state):
-        self._ready = False
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
+    def __call__(self, element: tuple[str, bytes]) -> tuple[str, bytes]:
+        if element[0] not in self.splits:
+            raise ValueError(f"example of split {element[0]!r} reached the writer, which only writes {self.splits}")
+        return element
 
 
 @beam.ptransform_fn
-def WriteSplits(encoded: PCollection[tuple[str, bytes]], out_dir: str, splits: tuple[str, ...],
-                num_shards: int):
-    """Writes ``{split}-SSSSS-of-NNNNN.tfrecord.gz`` (GZIP TFRecords) for every split; returns the file names."""
-    parts = encoded | "BySplit" >> beam.Partition(_SplitIndex(splits), len(splits))
-    written = []
-    for split, part in zip(splits, parts):
-        written.append(
-            part
-            | f"Values[{split}]" >> beam.Map(_value)
-            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                shard_prefix(out_dir, split), file_name_suffix=SHARD_SUFFIX, num_shards=num_shards,
-                shard_name_template=SHARD_TEMPLATE, compression_type=CompressionTypes.GZIP,
-                coder=TFRecordBytesCoder()))
-    return written | "ShardFiles" >> beam.Flatten()
+def WriteSplits(encoded: PCollection[tuple[str, bytes]], out_dir: str, splits: tuple[str, ...], num_shards: int,
+                tmp_dir: str, plugins: Sequence[str] = ()):
+    """Writes ``{split}-SSSSS-of-NNNNN.tfrecord.gz`` (GZIP TFRecords) for every split, every shard even if
+    empty; returns the file paths."""
+    markers = [((split, shard), None) for split in splits for shard in range(num_shards)]
+    keyed = encoded | "CheckSplit" >> beam.Map(_CheckSplit(splits)) | "ShardKey" >> beam.Map(_ShardKey(num_shards))
+    return ((keyed, encoded.pipeline | "EveryShard" >> beam.Create(markers))
+            | "WithEveryShard" >> beam.Flatten()
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(WriteShardFn(out_dir, num_shards, tmp_dir, plugins)))
+
+
+class WriteLinesFn(_FilesDoFn):
+    """(path, lines) -> the text file ``path`` with the lines sorted (``None`` markers skipped); yields it."""
+
+    def __init__(self, tmp_dir: str, plugins: Sequence[str] = ()):
+        super().__init__(plugins)
+        self.tmp_dir = tmp_dir
+
+    def process(self, element: tuple[str, Iterable[Optional[str]]]) -> Iterable[str]:
+        path, lines = element
+        text = "".join(line + "\n" for line in sorted(line for line in lines if line is not None))
+        tmp = FileSystems.join(self.tmp_dir, f"{uuid.uuid4().hex}-{path.rstrip('/').rpartition('/')[2]}")
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(text.encode("utf-8"))
+        _replace(tmp, path)
+        yield path
+
+
+class _KeyBy:
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, value):
+        return self.key, value
+
+
+@beam.ptransform_fn
+def WriteLines(lines: PCollection[str], path: str, tmp_dir: str, plugins: Sequence[str] = ()):
+    """All lines -> one text file at ``path`` (sorted, so reruns and runners give the same file; empty if none)."""
+    return ((lines | "ToFile" >> beam.Map(_KeyBy(path)),
+             lines.pipeline | "FileMarker" >> beam.Create([(path, None)]))
+            | "WithMarker" >> beam.Flatten()
+            | "GroupLines" >> beam.GroupByKey()
+            | "WriteFile" >> beam.ParDo(WriteLinesFn(tmp_dir, plugins)))
 
 
 def _dead_letter_json(letter: DeadLetter) -> str:
@@ -425,12 +590,9 @@ def _dead_letter_json(letter: DeadLetter) -> str:
 
 
 @beam.ptransform_fn
-def WriteDeadLetters(dead: PCollection[DeadLetter], path: str):
+def WriteDeadLetters(dead: PCollection[DeadLetter], path: str, tmp_dir: str, plugins: Sequence[str] = ()):
     """All dead letters -> one JSONL file at ``path`` (path, image_id, stage, reason per line; empty if none)."""
-    base, ext = os.path.splitext(path)
-    return (dead
-            | "ToJson" >> beam.Map(_dead_letter_json)
-            | "Write" >> beam.io.WriteToText(base, file_name_suffix=ext, shard_name_template=""))
+    return dead | "ToJson" >> beam.Map(_dead_letter_json) | "Write" >> WriteLines(path, tmp_dir, plugins)
 
 
 # ---- outcome counts (runner-independent) --------------------------------------------------------------------
@@ -455,22 +617,23 @@ def _count_json(kv: tuple[str, int]) -> str:
 
 
 @beam.ptransform_fn
-def CountOutcomes(pcolls: tuple[PCollection, PCollection, PCollection], path: str):
+def CountOutcomes(pcolls: tuple[PCollection, PCollection, PCollection], path: str, tmp_dir: str,
+                  plugins: Sequence[str] = ()):
     """(input items, encoded examples, dead letters) -> a JSONL file of ``{"key", "count"}`` at ``path``.
 
     Keys: ``input``, ``written/<split>``, ``failed/<stage>``. The counts are computed by the pipeline itself
     and written as an ordinary output file, so they are exact on every runner -- unlike metrics, whose
-    committed values some runners (and the portable ones in some modes) do not report.
+    committed values some runners (and the portable ones in some modes) do not report, and which the
+    DaskRunner does not collect at all.
     """
     items, encoded, dead = pcolls
-    base, ext = os.path.splitext(path)
     return ((items | "TallyInput" >> beam.Map(_tally_input),
              encoded | "TallyWritten" >> beam.Map(_tally_written),
              dead | "TallyFailed" >> beam.Map(_tally_failed))
             | "FlattenTallies" >> beam.Flatten()
             | "Count" >> beam.combiners.Count.PerElement()
             | "ToJson" >> beam.Map(_count_json)
-            | "Write" >> beam.io.WriteToText(base, file_name_suffix=ext, shard_name_template=""))
+            | "Write" >> WriteLines(path, tmp_dir, plugins))
 
 
 # ---- the launcher's item file -------------------------------------------------------------------------------
@@ -479,8 +642,11 @@ def CountOutcomes(pcolls: tuple[PCollection, PCollection, PCollection], path: st
 def item_to_json(item: ImageItem) -> str:
     import json
 
-    return json.dumps({"image_id": item.image_id, "split": item.split, "path": item.path,
-                       "sentences": item.sentences, "boxes": item.boxes}, ensure_ascii=False)
+    obj = {"image_id": item.image_id, "split": item.split, "path": item.path, "sentences": item.sentences,
+           "boxes": item.boxes, "seq": item.seq}
+    if item.path_error:
+        obj["path_error"] = item.path_error
+    return json.dumps(obj, ensure_ascii=False)
 
 
 def item_from_json(line: str) -> ImageItem:
@@ -488,13 +654,35 @@ def item_from_json(line: str) -> ImageItem:
 
     obj = json.loads(line)
     return ImageItem(image_id=obj["image_id"], split=obj["split"], path=obj["path"],
-                     sentences=list(obj["sentences"]), boxes=obj.get("boxes"))
+                     sentences=list(obj["sentences"]), boxes=obj.get("boxes"), seq=int(obj.get("seq", 0)),
+                     path_error=obj.get("path_error", ""))
+
+
+class ReadItemRangeFn(_FilesDoFn):
+    """(item file, start byte, end byte) -> the items on the lines in that byte range (whole lines only)."""
+
+    def process(self, item_range: tuple[str, int, int]) -> Iterable[ImageItem]:
+        path, start, end = item_range
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.seek(start)
+            data = f.read(end - start)
+        if len(data) != end - start:
+            raise IOError(f"{path}: expected {end - start} bytes at offset {start}, read {len(data)}: the item "
+                          "file changed after the launcher wrote it")
+        for line in data.decode("utf-8").splitlines():
+            if line.strip():
+                yield item_from_json(line)
 
 
 @beam.ptransform_fn
-def ReadItems(begin, path: str):
-    """The launcher's JSONL item file -> ``PCollection[ImageItem]``, reshuffled so workers share the images."""
+def ReadItems(begin, ranges: Sequence[tuple[str, int, int]], plugins: Sequence[str] = ()):
+    """The launcher's JSONL item file, given as byte ranges of whole lines -> ``PCollection[ImageItem]``,
+    reshuffled so workers share the images.
+
+    The ranges are a small ``Create`` (a few hundred entries for any dataset size), so every runner can start
+    from them; Beam's ``ReadFromText`` would start from an ``Impulse``, which the DaskRunner does not translate.
+    """
     return (begin
-            | "ReadLines" >> beam.io.ReadFromText(path)
-            | "Parse" >> beam.Map(item_from_json)
+            | "ItemRanges" >> beam.Create(list(ranges))
+            | "ReadRanges" >> beam.ParDo(ReadItemRangeFn(plugins))
             | "Spread" >> beam.Reshuffle())

@@ -6,6 +6,9 @@
   karpalign-extract --config coco --image-root gs://b/coco --out gs://b/records \\
       --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp \\
       --setup_file ./beam_jobs/setup.py
+  karpalign-extract --config coco --runner PortableRunner --job_endpoint embed \\
+      --environment_type EXTERNAL --environment_config localhost:50000     # a Beam worker pool
+  karpalign-extract --config coco --runner DaskRunner --dask_client_address tcp://SCHEDULER:8786
   karpalign-extract --dataset flickr8k/dataset.json --neuraltalk-features flickr8k/vgg_feats.mat --out runs/f8k
 
 Settings come from the config's ``data`` and ``extract`` sections (every key documented in karpalign/config.py),
@@ -13,7 +16,9 @@ then ``--set KEY=VALUE``, then the flags below, each a shortcut for one key. Opt
 are Beam pipeline options (--runner, --project, --direct_num_workers, ...).
 Writes {split}-SSSSS-of-NNNNN.tfrecord.gz, vocab.txt (train split only), manifest.json, extract.yaml (the
 resolved settings: --config extract.yaml repeats the run) and dead_letters.jsonl (one line per image that could
-not be used: path, image_id, stage, reason). Exit codes: 0 ok; 1 more images failed than
+not be used: path, image_id, stage, reason; an image path that is absolute, escapes the image root or has a URL
+scheme is one, of stage "path"). beam_jobs/README.md has the Dataflow, Flink, Spark and Dask commands.
+Exit codes: 0 ok; 1 more images failed than
 extract.max_failure_fraction allows (outputs are still written); 2 bad arguments or input.
 """
 
@@ -41,7 +46,8 @@ FLAGS = (
                                               "EfficientNet-Lite0)"),
     ("--proposer", "extract.proposer", str, "boxes (the dataset's boxes) | grid | segments (Selective "
                                             "Search-style grouping of image segments, no model; options after |, "
-                                            "e.g. 'segments|max_side=256') | detector:PATH"),
+                                            "e.g. 'segments|max_side=256') | detector:PATH | learned:RUN_DIR "
+                                            "(a karpalign-train --task propose run)"),
     ("--regions", "extract.regions", int, "K boxes per image besides the full image (paper: 19)"),
     ("--detector-score", "extract.detector_score_threshold", float, "detector: minimum box score"),
     ("--detector-iou", "extract.detector_iou_threshold", float, "detector and segments: NMS IoU threshold"),

@@ -84,3 +84,31 @@ def bad_scenes(scenes, tmp_path_factory):
     with open(os.path.join(dst, "dataset.json"), "w") as f:
         json.dump(data, f)
     return os.path.join(dst, "dataset.json"), expected
+
+
+# image path as written in the dataset -> the words its dead letter's reason must hold (stage "path")
+REFUSED_PATHS = {
+    "../outside/escape.jpg": "escapes the image root",
+    "/etc/hostname": "absolute path",
+    "http://example.com/remote.jpg": "URL scheme 'http' is not allowed",
+}
+
+
+@pytest.fixture(scope="session")
+def runner_scenes(bad_scenes, tmp_path_factory):
+    """The bad-scenes dataset plus one record per refused image path: 20 good images, 10 dead letters
+    (path 3, read 2, decode 4, bomb 1). Returns (dataset.json, {image_id: (local path, or the path as written
+    for a refused one, stage)})."""
+    dataset, expected = bad_scenes
+    data = json.load(open(dataset))
+    template = data["images"][0]
+    expected = dict(expected)
+    for k, path in enumerate(REFUSED_PATHS):
+        entry = json.loads(json.dumps(template))
+        entry.update(filepath="", filename=path, imgid=2000 + k, split="train")
+        data["images"].append(entry)
+        expected[str(2000 + k)] = (path, "path")
+    out = os.path.join(os.path.dirname(dataset), "runners.json")
+    with open(out, "w") as f:
+        json.dump(data, f)
+    return out, expected

@@ -23,7 +23,7 @@ def _item(name, data):
 
 
 def test_refused_and_rotated_images_in_the_decode_step():
-    from karpalign.beam.elements import DEAD_LETTER_TAG
+    from karpalign.beam.elements import DeadLetter
     from karpalign.beam.transforms import DecodeImageFn
     from karpalign.vision.images import REFUSED_CMYK_JPEG, REFUSED_TIFF, decode_image
 
@@ -37,8 +37,8 @@ def test_refused_and_rotated_images_in_the_decode_step():
              _item("rotated.jpg", rotated)]
     fn = DecodeImageFn(max_pixels=10_000)
     out = [o for item in items for o in fn.process(item)]
-    dead = {o.value.image_id: o.value for o in out if getattr(o, "tag", None) == DEAD_LETTER_TAG}
-    good = [o for o in out if not hasattr(o, "tag")]
+    dead = {o.image_id: o for o in out if isinstance(o, DeadLetter)}
+    good = [o for o in out if not isinstance(o, DeadLetter)]
     assert dead["cmyk.jpg"].stage == "decode" and dead["cmyk.jpg"].reason == REFUSED_CMYK_JPEG
     assert dead["scan.tif"].reason == REFUSED_TIFF
     assert dead["palette.bmp"].reason == "BMP with 8 bits per pixel is not supported: convert to PNG"

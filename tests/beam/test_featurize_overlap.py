@@ -132,7 +132,7 @@ def test_every_depth_gives_the_same_outputs_in_input_order(in_flight):
 def test_a_poisoned_image_is_the_only_dead_letter_of_its_batch():
     from apache_beam.transforms.window import GlobalWindow
 
-    from karpalign.beam.elements import DEAD_LETTER_TAG, STAGE_FEATURES
+    from karpalign.beam.elements import STAGE_FEATURES, DeadLetter, is_dead_letter
 
     backbone = FakeBackbone()
     fn = _fn(backbone, in_flight=1)
@@ -140,11 +140,11 @@ def test_a_poisoned_image_is_the_only_dead_letter_of_its_batch():
     batch = [_item(0), _item(1, value=POISON), _item(2), bad_regions]
     out = list(fn.process(batch, timestamp=0, window=GlobalWindow(), pane_info=PANE)) + list(fn.finish_bundle())
     fn.teardown()
-    good = [o for o in out if not hasattr(o, "tag")]
-    dead = [o for o in out if hasattr(o, "tag")]
+    good = [o for o in out if not is_dead_letter(o.value)]
+    dead = [o for o in out if is_dead_letter(o.value)]
     assert [o.value.image_id for o in good] == ["img0", "img2"]
-    assert all(d.tag == DEAD_LETTER_TAG for d in dead)
-    letters = {d.value.value.image_id: d.value.value for d in dead}
+    assert all(isinstance(d.value, DeadLetter) and d.windows == (GlobalWindow(),) for d in dead)
+    letters = {d.value.image_id: d.value for d in dead}
     assert set(letters) == {"img1", "img9"}
     assert all(letter.stage == STAGE_FEATURES for letter in letters.values())
     assert "backbone failed (ValueError: poisoned crop)" in letters["img1"].reason
