@@ -1,4 +1,4 @@
-"""Latency of the exported ``serving_default`` (loaded SavedModel) vs the in-process eager path, same inputs.
+"""Latency of the exported ``serving_default`` (loaded SavedModel) vs the in-process paths, same inputs.
 
     .venv/bin/python benchmarks/export_latency.py [--backbone efficientnet_lite0] [--crop-size 128]
                                                   [--regions 4] [--batches 1,32] [--repeats 5]
@@ -7,15 +7,20 @@ Builds a throw-away export in a temporary folder (toy records whose manifest nam
 heads of the paper's sizes), then times, per batch size:
 
 - ``exported``: ``loaded.signatures["serving_default"](images=...)``: decode, crop, CNN, beam search in one graph
-  (TF2 object path, as an embedding TF program calls it);
+  (TF2 object path, as an embedding TF program calls it); the beam search XLA-compiled (the default export);
 - ``session``: the same signature run the way TF Serving runs it (``karpalign.serving.loading.SessionModel``: the
   SavedModel in a session restored by the graph's saver, one ``Session.run`` per call);
-- ``eager``: ``karpalign.vision.region_features.decode_image_array`` + ``karpalign.vision.proposers.crop_regions``
-  + the Keras backbone (the extraction path) + ``generator.initial_state`` + eager
-  ``karpalign.decoding.beam_search`` + ``Vocabulary.decode``.
+- ``session, no XLA``: the same through a session, of the ``karpalign-export --no-xla`` SavedModel (what a TF
+  Serving started without ``--xla_cpu_compilation_enabled=true`` can run);
+- ``in-process``: the extraction path (``karpalign.vision.region_features.decode_image_array`` +
+  ``karpalign.vision.proposers.crop_regions`` + the Keras backbone) + the in-process decoder
+  (``karpalign.decoding.generate.CaptionGenerator``, compiled, XLA) + ``Vocabulary.decode``;
+- ``eager``: the extraction path + ``generator.initial_state`` + eager ``karpalign.decoding.beam_search`` +
+  ``Vocabulary.decode``.
 
-All paths see the same JPEG bytes and give the same captions (checked). One warm-up call each is not timed;
-the table shows the median and the best of ``--repeats`` calls.
+All paths see the same JPEG bytes; whether they give the same captions is checked and shown (XLA may round a
+near-tie differently from the plain graph; with the untrained heads here it does not). One warm-up call each is
+not timed (the first call traces and compiles); the table shows the median and the best of ``--repeats`` calls.
 """
 
 from __future__ import annotations
@@ -80,22 +85,14 @@ def _build_export(root: str, args) -> tuple[str, dict, str]:
         os.makedirs(runs[task])
         save_config(cfg, runs[task])
         run.save_model(model, runs[task])
-    rc = export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--records-dir", records,
-                      "--export-base", os.path.join(root, "models"), "--beam-size", str(args.beam_size),
-                      "--max-length", str(args.max_length), "--top-k", "1", "--no-warmup"])
-    if rc != 0:
-        raise SystemExit(f"export failed with exit code {rc}")
-    return os.path.join(root, "models", "karpalign", "1"), runs, spec
-
-
-def _timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: tracing, kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    for version, extra in (("1", []), ("2", ["--no-xla"])):
+        rc = export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--records-dir", records,
+                          "--export-base", os.path.join(root, "models"), "--beam-size", str(args.beam_size),
+                          "--max-length", str(args.max_length), "--top-k", "1", "--no-warmup", "--version",
+                          version, *extra])
+        if rc != 0:
+            raise SystemExit(f"export failed with exit code {rc}")
+    return os.path.join(root, "models", "karpalign"), runs, spec
 
 
 def main(argv=None) -> int:
@@ -115,25 +112,36 @@ def main(argv=None) -> int:
 
     from karpalign.data.text import END_ID, START_ID, Vocabulary
     from karpalign.decoding.beam_search import beam_search
+    from karpalign.decoding.generate import CaptionGenerator
     from karpalign.serving.loading import SessionModel
     from karpalign.vision.backbones import get_backbone
     from karpalign.vision.region_features import decode_image_array
     from karpalign.vision.proposers import GridProposer, crop_regions
 
     with tempfile.TemporaryDirectory(prefix="karpalign-bench-") as root:
-        export_dir, runs, spec = _build_export(root, args)
-        loaded = tf.saved_model.load(export_dir)
+        model_dir, runs, spec = _build_export(root, args)
+        loaded = tf.saved_model.load(os.path.join(model_dir, "1"))
         serving = loaded.signatures["serving_default"]
-        session_model = SessionModel(export_dir)
+        session_model = SessionModel(os.path.join(model_dir, "1"))
+        session_no_xla = SessionModel(os.path.join(model_dir, "2"))
         generator = keras.saving.load_model(os.path.join(runs["caption"], "generator.keras"), compile=False)
         vocab = Vocabulary.load(os.path.join(runs["caption"], "vocab.txt"))
         backbone = get_backbone(spec)
         boxes = GridProposer(args.regions).propose()
         size = args.crop_size
 
-        def eager(images):
+        captioner = CaptionGenerator(generator, vocab, beam_size=args.beam_size, max_length=args.max_length, top_k=1)
+
+        def features(images):
+            """The extraction path: (B, R, D) region features of encoded images."""
             crops = np.concatenate([crop_regions(decode_image_array(b), boxes, size) for b in images])  # (B*R, S, S, 3)
-            feats = backbone(backbone.preprocess(crops, size=(size, size))).reshape(len(images), len(boxes), -1)
+            return backbone(backbone.preprocess(crops, size=(size, size))).reshape(len(images), len(boxes), -1)
+
+        def in_process(images):
+            return [caption[0][0] for caption in captioner(features(images)[:, 0])]
+
+        def eager(images):
+            feats = features(images)
             state = generator.initial_state(tf.constant(feats[:, 0]))
             result = beam_search(generator.step, state, len(images), beam_size=args.beam_size,
                                  max_length=args.max_length, start_id=START_ID, end_id=END_ID, top_k=1)
@@ -143,24 +151,35 @@ def main(argv=None) -> int:
             out = serving(images=tf.constant(images, dtype=tf.string))
             return [c.decode() for c in out["captions"][:, 0].numpy()]
 
-        def session(images):
-            out = session_model.run("serving_default", {"images": np.array(images, dtype=object)}, ["captions"])
-            return [c.decode() for c in out["captions"][:, 0]]
+        def session_with(model):
+            def run(images):
+                out = model.run("serving_default", {"images": np.array(images, dtype=object)}, ["captions"])
+                return [c.decode() for c in out["captions"][:, 0]]
+            return run
 
+        paths = (("exported", exported), ("session", session_with(session_model)),
+                 ("session, no XLA", session_with(session_no_xla)), ("in-process", in_process), ("eager", eager))
+        load_start = os.getloadavg()
         rows = []
         for batch in batches:
             images = _images(batch, seed=batch)
-            same = eager(images) == exported(images) == session(images)
-            for name, fn in (("exported", exported), ("session", session), ("eager", eager)):
-                times = _timed(lambda: fn(images), args.repeats)
-                rows.append((name, batch, statistics.median(times), min(times), same))
+            reference = eager(images)
+            same = {name: fn(images) == reference for name, fn in paths}
+            times = {name: [] for name, _ in paths}
+            for _ in range(args.repeats):  # paths interleaved, so drifting load hits them alike
+                for name, fn in paths:
+                    start = time.perf_counter()
+                    fn(images)
+                    times[name].append(time.perf_counter() - start)
+            rows += [(name, batch, statistics.median(times[name]), min(times[name]), same[name]) for name, _ in paths]
 
     print(f"\nbackbone {spec}, crop {size}, {args.regions + 1} regions/image, beam {args.beam_size}, "
-          f"max length {args.max_length}, {args.repeats} timed calls, {os.cpu_count()} CPUs")
-    print(f"{'path':<10} {'batch':>5} {'median ms':>10} {'best ms':>9} {'ms/image':>9} {'same captions':>14}")
+          f"max length {args.max_length}, {args.repeats} timed calls, {os.cpu_count()} CPUs, load average (1 min) "
+          f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"{'path':<16} {'batch':>5} {'median ms':>10} {'best ms':>9} {'ms/image':>9} {'captions as eager':>18}")
     for name, batch, med, best, same in rows:
-        print(f"{name:<10} {batch:>5} {med * 1e3:>10.1f} {best * 1e3:>9.1f} {med * 1e3 / batch:>9.1f} "
-              f"{str(same):>14}")
+        print(f"{name:<16} {batch:>5} {med * 1e3:>10.1f} {best * 1e3:>9.1f} {med * 1e3 / batch:>9.1f} "
+              f"{str(same):>18}")
     return 0
 
 

@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/run_all.py                 # quick settings, writes BENCHMARKS.md
     .venv/bin/python benchmarks/run_all.py --full          # each script's own defaults
     .venv/bin/python benchmarks/run_all.py --only extract,serve --out /tmp/b.md
+    .venv/bin/python benchmarks/run_all.py --only decode,train_caption --update   # re-measure two sections
 
 Each script runs in its own process (one at a time, so they do not compete for the cores), with the quick
 arguments below when it has an entry there, else with ``--quick`` when its ``--help`` offers one, else with its
 defaults. Its printed table goes into the file verbatim (Markdown tables as they are, anything else as a code
 block), under a heading with the command line and the wall-clock time. The file starts with the machine: CPU
 model, cores, memory, load, Python and TensorFlow versions. A script that fails or times out is recorded as
-such with the end of its stderr, and the exit code is 1.
+such with the end of its stderr, and the exit code is 1. ``--update`` re-runs only the ``--only`` scripts and
+replaces their sections (and rows of the script table) in the existing file, keeping every other section as it
+was; a line under the introduction says which sections that run re-measured, when, and at what load.
 """
 
 from __future__ import annotations
@@ -144,13 +147,54 @@ def write_markdown(path: str, info: dict, results: list[dict], full: bool) -> No
     lines += [f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {r['status']} | {r['seconds']:.0f} |"
               for r in results]
     for r in results:
-        lines += ["", f"## {r['name'].replace('_', '-')}", "", f"`{r['command']}` ({r['status']}, {r['seconds']:.0f} s)",
-                  "", as_markdown(r["stdout"])]
-        if r["code"] != 0:
-            tail = "\n".join(r["stderr"].rstrip().splitlines()[-15:])
-            lines += ["", "stderr (end):", "", "```", tail, "```"]
+        lines += ["", *section(r)]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _anchor(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def section(r: dict) -> list[str]:
+    """One script's section: heading, command line, status, its output as Markdown (and stderr if it failed)."""
+    lines = [f"## {_anchor(r['name'])}", "", f"`{r['command']}` ({r['status']}, {r['seconds']:.0f} s)", "",
+             as_markdown(r["stdout"])]
+    if r["code"] != 0:
+        tail = "\n".join(r["stderr"].rstrip().splitlines()[-15:])
+        lines += ["", "stderr (end):", "", "```", tail, "```"]
+    return lines
+
+
+def update_markdown(path: str, info: dict, results: list[dict]) -> None:
+    """Replaces the sections (and script-table rows) of ``results`` in the file at ``path``; keeps the rest."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read().rstrip("\n")
+    head, *bodies = text.split("\n## ")
+    sections = {body.split("\n", 1)[0].strip(): "## " + body for body in bodies}
+    for r in results:
+        sections[_anchor(r["name"])] = "\n".join(section(r))
+    head_lines = head.split("\n")
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    names = ", ".join(f"[{_anchor(r['name'])}](#{_anchor(r['name'])})" for r in results)
+    note = (f"Re-measured on {when} by `benchmarks/run_all.py --only {','.join(r['name'] for r in results)} "
+            f"--update` (load average at its start {info['load average (1/5/15 min) at start']}): {names}; the "
+            "other sections are from the run above.")
+    intro = next(i for i, line in enumerate(head_lines) if line.startswith("Measured by"))
+    head_lines.insert(intro + 1, "")
+    head_lines.insert(intro + 2, note)
+    machine_text = "\n".join(head_lines)
+    rows = {r["name"]: f"| [{r['name']}](#{_anchor(r['name'])}) | {r['status']} (re-measured {when}) | "
+                       f"{r['seconds']:.0f} |" for r in results}
+    out = []
+    for line in sections.get("Machine", "").split("\n"):
+        name = line.split("]", 1)[0].lstrip("| [") if line.startswith("| [") else None
+        out.append(rows.pop(name) if name in rows else line)
+    table_end = max(i for i, line in enumerate(out) if line.startswith("|"))
+    out[table_end + 1:table_end + 1] = list(rows.values())  # scripts the table did not list yet
+    sections["Machine"] = "\n".join(out).rstrip("\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(machine_text.rstrip("\n") + "\n\n" + "\n\n".join(s.rstrip("\n") for s in sections.values()) + "\n")
 
 
 def main(argv=None) -> int:
@@ -159,11 +203,18 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="run each script with its own defaults (slower)")
     p.add_argument("--only", default=None, help="comma-separated script names (default: all)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per script (default 1800)")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the re-run scripts' sections in the existing --out file (use with --only)")
     args = p.parse_args(argv)
+    if args.update and not os.path.isfile(args.out):
+        raise SystemExit(f"run_all: --update needs an existing {args.out}")
     info = machine()
     names = scripts([n.strip() for n in args.only.split(",") if n.strip()] if args.only else None)
     results = [run_one(n, arguments(n, args.full, args.timeout), args.timeout) for n in names]
-    write_markdown(args.out, info, results, args.full)
+    if args.update:
+        update_markdown(args.out, info, results)
+    else:
+        write_markdown(args.out, info, results, args.full)
     failed = [r["name"] for r in results if r["code"] != 0]
     print(f"wrote {args.out} ({len(results)} benchmarks" + (f"; failed: {', '.join(failed)})" if failed else ")"))
     return 1 if failed else 0

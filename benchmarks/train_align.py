@@ -25,12 +25,12 @@ Flops are counted from the shapes (multiply-adds count 2):
 the first), so the step *executes* one more einsum forward and backward; "executed GFLOP" counts that, and
 counts the region projection's backward once, not twice (the CNN features need no gradient).
 
-The cores are shared, so speed drifts during a run. The measurement goes in rounds; each round times
-``--steps`` train steps and then a square ``tf.linalg.matmul`` (the peak), keeping the fastest call of each
-(the one least disturbed by other processes), and the ratio of the two is taken per round. The same ratio
-is also given in flops per CPU-second of the process (os.times), which holds up better when other processes
-take the cores in turns. A breakdown times forward + backward of the three parts (region embedding, BRNN
-encoder, score + loss) on their own, to show where the time goes.
+The peak is the honest one of ``_peak.py``, measured in this run: the best of square float32 matmuls at
+1024, 2048 and 4096 (median of 5 calls each; the table names the size that gave it). The cores are shared,
+so speed drifts during a run: the step is timed in rounds of ``--steps`` calls, keeping the fastest call of
+each round (the one least disturbed by other processes), and the median round is reported. A breakdown times
+forward + backward of the three parts (region embedding, BRNN encoder, score + loss) on their own, to show
+where the time goes.
 
     .venv/bin/python benchmarks/train_align.py                 # paper sizes
     .venv/bin/python benchmarks/train_align.py --rounds 5 --steps 5
@@ -48,6 +48,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from _peak import measure_peak
 from karpalign.config import load_config
 from karpalign.data import features as F
 from karpalign.data.text import SPECIAL_TOKENS, Vocabulary
@@ -69,7 +70,6 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.5, help="model.dropout (the config default)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="train steps timed per round")
-    p.add_argument("--peak-size", type=int, default=2048, help="n of the n×n float32 matmul for the peak")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part timing")
     return p.parse_args(argv)
 
@@ -153,14 +153,6 @@ def time_calls(fn, n: int) -> tuple[float, float, float]:
     return min(times), cpu / (time.perf_counter() - wall0), cpu / n
 
 
-def matmul_peak(n: int):
-    """A function doing one n×n float32 matmul, and its flop count."""
-    x = tf.random.normal([n, n], seed=1)
-    y = tf.random.normal([n, n], seed=2)
-    fn = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(x, y)[0]))
-    return fn, 2.0 * n**3
-
-
 def part_functions(task, model, batch):
     """Forward + backward of each part alone: region embedding, BRNN encoder, score matrices + loss."""
     v, s = model(batch, training=False)
@@ -210,23 +202,18 @@ def main(argv=None) -> None:
     optimizer.build(model.trainable_variables)
     batch = synthetic_batch(a)
     train_step = build_train_step(task, model, optimizer, cfg)
-    peak_fn, peak_flops = matmul_peak(a.peak_size)
     model_flops, executed_flops = model_and_executed_flops(a)
+    load_start = os.getloadavg()
 
     train_step(batch).numpy()  # trace and warm up
-    peak_fn().numpy()
-    step_s, peak_gflops, ratio_model, ratio_exec, cpu_ratio = [], [], [], [], []
+    peak = measure_peak()
+    print(peak.describe())
+    step_s = []
     for r in range(a.rounds):
-        t, cores, step_cpu = time_calls(lambda: train_step(batch), a.steps)
-        peak_t, _, peak_cpu = time_calls(peak_fn, max(3, int(5e10 // peak_flops)))
-        p = peak_flops / peak_t / 1e9
-        cpu_ratio.append((model_flops / step_cpu) / (peak_flops / peak_cpu))
+        t, cores, _ = time_calls(lambda: train_step(batch), a.steps)
         step_s.append(t)
-        peak_gflops.append(p)
-        ratio_model.append(model_flops / t / 1e9 / p)
-        ratio_exec.append(executed_flops / t / 1e9 / p)
-        print(f"round {r + 1}/{a.rounds}: fastest step {t * 1e3:.0f} ms (process used {cores:.2f} cores), "
-              f"matmul peak {p:.1f} GFLOP/s")
+        print(f"round {r + 1}/{a.rounds}: fastest step {t * 1e3:.0f} ms (process used {cores:.2f} cores)")
+    print(f"load average (1 min) {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
 
     med = statistics.median
     t = med(step_s)
@@ -243,10 +230,9 @@ def main(argv=None) -> None:
         ("executed GFLOP per step", f"{executed_flops / 1e9:.1f}"),
         ("achieved GFLOP/s (model)", f"{model_flops / t / 1e9:.1f}"),
         ("achieved GFLOP/s (executed)", f"{executed_flops / t / 1e9:.1f}"),
-        ("matmul peak GFLOP/s (median)", f"{med(peak_gflops):.1f}"),
-        ("% of peak (model, per round)", f"{100 * med(ratio_model):.0f}%"),
-        ("% of peak (executed, per round)", f"{100 * med(ratio_exec):.0f}%"),
-        ("% of peak per CPU-second (model)", f"{100 * med(cpu_ratio):.0f}%"),
+        (f"honest peak GFLOP/s ({peak.size}^3)", f"{peak.gflops:.1f}"),
+        ("% of peak (model)", f"{peak.percent(model_flops / t / 1e9):.0f}%"),
+        ("% of peak (executed)", f"{peak.percent(executed_flops / t / 1e9):.0f}%"),
         ("target", ">= 30%"),
     ]
     for name, value in rows:
@@ -273,7 +259,7 @@ def main(argv=None) -> None:
             fn().numpy()
             ms = med([time_calls(fn, a.steps)[0] for _ in range(a.rounds)]) * 1e3
             gf = part_flops[name] / ms / 1e6
-            print(f"{name:34}{ms:>12.0f}{gf:>10.1f}{100 * gf / med(peak_gflops):>7.0f}%")
+            print(f"{name:34}{ms:>12.0f}{gf:>10.1f}{peak.percent(gf):>7.0f}%")
 
 
 if __name__ == "__main__":

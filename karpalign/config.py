@@ -5,8 +5,8 @@ Every attribute is documented where it is declared. ``load_config(path, override
 
 A recipe file holds one dataset's whole pipeline. Its top-level sections are the :class:`Config` sections
 (``data``, ``extract``, ``model``, ``train``, ``decode``, ``runtime``), shared by every step, plus one
-section per training task (:data:`TASK_SECTIONS`: ``align``, ``caption``, ``caption_regions``) holding only
-what that task changes (its optimiser, steps, output folder, ...)::
+section per training task (:data:`TASK_SECTIONS`: ``align``, ``caption``, ``caption_regions``, ``propose``)
+holding only what that task changes (its optimiser, steps, output folder, ...)::
 
     data: {dataset: data/coco/dataset.json, records_dir: runs/coco/records, ...}
     extract: {proposer: grid, regions: 19}        # karpalign-extract --config coco
@@ -53,6 +53,7 @@ class DataConfig:
     region_records_dir: str = ""  # region-snippet TFRecords written by karpalign-align (for --on regions)
     max_words: int = 24  # sentences are cut to this many tokens
     word_vectors: str = ""  # '' (random init), 'glove6b50', 'word2vec-bin:PATH' or 'text:PATH'
+    val_dataset: str = ""  # --task propose: a box dataset to validate on; '': the val split of data.dataset
 
 
 @dataclasses.dataclass
@@ -63,7 +64,7 @@ class ExtractConfig:
 
     cnn: str = "efficientnet_lite0"  # backbone: efficientnet_lite0 | keras:PATH | hub:HANDLE, options after |
     crop_size: int = 0  # side of the square region crops; 0: the backbone's input size (224 for Lite0)
-    proposer: str = "grid"  # boxes (the dataset's) | grid | segments[|opts] | detector:PATH
+    proposer: str = "grid"  # boxes (the dataset's) | grid | segments[|opts] | detector:PATH | learned:RUN_DIR
     regions: int = 19  # K boxes per image besides the full image (paper: 19); manifest num_regions = K + 1
     detector_score_threshold: float = 0.3  # detector: minimum box score
     detector_iou_threshold: float = 0.5  # detector and segments: NMS IoU threshold
@@ -81,7 +82,7 @@ class ExtractConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Alignment model (BRNN) and generator (mRNN) sizes."""
+    """Alignment model (BRNN) and generator (mRNN or region-attention updown) sizes."""
 
     embed_dim: int = 1000  # multimodal space h (paper: 1000-1600)
     word_dim: int = 300  # word embedding size x_t (paper: 300, word2vec)
@@ -96,13 +97,25 @@ class ModelConfig:
     gen_cell: str = "rnn"  # generator cell: 'rnn' (paper, ReLU) or 'lstm'
     gen_hidden: int = 512  # generator hidden size (paper: 512)
     gen_word_dim: int = 512  # generator word embedding size
+    generator: str = "mrnn"  # caption generator: 'mrnn' (paper: region 0 once, as a bias) or 'updown' (attention
+                             # LSTM + language LSTM over every region, Anderson et al. 2018; its LSTMs have
+                             # gen_hidden units, gen_cell is not used)
+    gen_attention_dim: int = 512  # updown: size of the attention's hidden layer
+    # --task propose: the learned region proposer (karpalign.vision.learned_proposer)
+    proposer_backbone: str = "efficientnet_lite0"  # frozen feature-map CNN: efficientnet_lite0 | keras:PATH (4-D out)
+    proposer_stride: int = 8  # its feature map's stride (efficientnet_lite0: 8 = stride 8 + 16 fused, 16 or 32)
+    proposer_input_size: int = 192  # images are resized to this square side before the CNN
+    proposer_head_dim: int = 48  # width of the head's 3x3 conv tower
+    proposer_head_layers: int = 2  # depth of that tower
+    proposer_score_threshold: float = 0.05  # post-processing defaults saved with the model (minimum box score,
+    proposer_iou_threshold: float = 0.5     # NMS IoU); the model's K default is extract.regions
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation and checkpointing."""
 
-    task: str = "align"  # 'align' or 'caption'
+    task: str = "align"  # 'align', 'caption' or 'propose' (the learned region proposer)
     on: str = "images"  # caption task: 'images' (full frames) or 'regions' (MRF snippets)
     batch_size: int = 100  # global batch of image-sentence pairs (paper: 100)
     steps: int = 1000  # total optimisation steps
@@ -312,7 +325,7 @@ def open_config(name_or_path: str | os.PathLike) -> TextIO:
 
 # Task sections of a recipe file: what each karpalign-train task changes on top of the shared sections.
 # ``caption_regions`` applies on top of ``caption`` when the caption task trains on region snippets.
-TASK_SECTIONS = ("align", "caption", "caption_regions")
+TASK_SECTIONS = ("align", "caption", "caption_regions", "propose")
 _SHARED = tuple(f.name for f in dataclasses.fields(Config))
 RECIPE_SECTIONS = _SHARED + TASK_SECTIONS  # every top-level key a recipe file may have
 _NOT_PER_TASK = ("extract",)  # one extraction serves every task of a recipe

@@ -282,8 +282,10 @@ def caption_eval_done(cfg: DemoConfig, p: L.Paths) -> bool:
 def export(cfg: DemoConfig, p: L.Paths) -> None:
     from karpalign.cli.export import main
 
+    # The demo's records hold the scenes' own boxes, which serving cannot know: it proposes a grid (explicitly).
     _call(main, ["--align-dir", p.align, "--caption-dir", p.caption, "--records-dir", p.records,
-                 "--export-base", p.export, "--model-name", MODEL_NAME, "--version", "1"], "karpalign-export")
+                 "--export-base", p.export, "--model-name", MODEL_NAME, "--version", "1", "--proposer", "grid"],
+          "karpalign-export")
 
 
 def export_dir(p: L.Paths) -> str:

@@ -161,7 +161,7 @@ def test_task_sections_apply_to_their_task_only(tmp_path):
     ("caption: {train: {task: align}}", "task section 'caption' sets train.task"),
     ("caption: {train: {stepz: 1}}", "unknown config key 'caption.train.stepz'"),
     ("caption: 3", "task section 'caption': expected a mapping"),
-    ("propose: {}", r"unknown config key 'propose'; known: sections \['data', 'extract'"),
+    ("proposals: {}", r"unknown config key 'proposals'; known: sections \['data', 'extract'"),
     ("extract: {splits: {a: 1}}", "extract.splits: expected a list of strings"),
 ])
 def test_recipe_errors_name_the_file_and_key(tmp_path, text, msg):
@@ -195,3 +195,11 @@ def test_extract_cli_reads_the_recipe_then_set_then_flags(tmp_path):
     args, _ = _parser().parse_known_args(["--config", str(path), "--set", "extract.regionz=1"])
     with pytest.raises(ConfigError, match="unknown config key 'extract.regionz'"):
         resolve_config(args)
+
+
+def test_the_propose_task_section_applies_to_the_propose_task_only(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train: {steps: 10}\npropose: {train: {steps: 7}, model: {proposer_input_size: 160}}\n")
+    propose, align = load_config(str(path), ["train.task=propose"]), load_config(str(path))
+    assert (propose.train.steps, propose.model.proposer_input_size) == (7, 160)
+    assert (align.train.steps, align.model.proposer_input_size) == (10, 192)

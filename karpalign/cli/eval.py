@@ -2,14 +2,18 @@
 
   karpalign-eval retrieval --model-dir runs/align --records-dir runs/records --split test [--protocol full]
   karpalign-eval captions  --model-dir runs/gen   --records-dir runs/records --split test [--beam-size 7]
-                           [--max-length 20] [--alpha 0] [--max-images N] [--baseline nn]
+                           [--max-length 20] [--alpha 0] [--max-images N] [--baseline nn] [--dataset D]
   karpalign-eval region-captions --model-dir runs/gen_regions --records-dir runs/records_boxes
                            --dataset data/dataset.json --split test [--beam-size 7]
 
-``captions`` generates one caption per image of the split from its region 0 (full frame) features and scores it
-against all the image's reference sentences (BLEU-1..4, METEOR, ROUGE-L, CIDEr; SPICE is reported as
-unavailable), with novelty (share of generated sentences found verbatim among the training captions) and, with
-``--baseline nn``, the nearest-neighbour baseline (the caption of the most similar training image).
+``captions`` generates one caption per image of the split (the mRNN from its region 0, the full frame; an updown
+run from every region) and scores it against all the image's reference sentences (BLEU-1..4, METEOR, ROUGE-L,
+CIDEr; SPICE is reported as unavailable), with novelty (share of generated sentences found verbatim among the
+training captions) and, with ``--baseline nn``, the nearest-neighbour baseline (the caption of the most similar
+training image). For datasets that list each image's objects (the synthetic scenes) it adds the grounded metric
+(``grounding``: object precision and recall of the colour–shape pairs the captions name, count accuracy, novel
+pairs named on test_novel), for the generator and the baseline; the objects come from ``--dataset`` or, by
+default, from the dataset file the records were extracted from.
 ``region-captions`` captions every ground-truth box (records extracted with ``--proposer boxes``) and scores it
 against the phrases that refer to that box (paper Table 3).
 
@@ -57,7 +61,8 @@ def _captions(args) -> dict:
     generator, vocab = load_generator(args.model_dir)
     result = evaluate_captions(generator, vocab, args.records_dir, args.split, beam_size=args.beam_size,
                                max_length=args.max_length, alpha=args.alpha, max_images=args.max_images,
-                               baseline=args.baseline, samples=args.samples, min_length=args.min_length)
+                               baseline=args.baseline, samples=args.samples, min_length=args.min_length,
+                               dataset=args.dataset)
     return {**result, "model_dir": args.model_dir}
 
 
@@ -130,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("captions", help="full-frame captions: BLEU, METEOR, ROUGE-L, CIDEr, novelty, nn baseline")
     _add_decoding_args(c)
     c.add_argument("--baseline", default=None, choices=["nn"], help="also score the nearest-neighbour baseline")
+    c.add_argument("--dataset", default=None,
+                   help="dataset.json listing each image's objects, for the grounded metric (default: the records' "
+                        "own dataset file when it lists objects)")
     g = sub.add_parser("region-captions", help="captions of ground-truth boxes scored against their phrases")
     _add_decoding_args(g)
     g.add_argument("--dataset", required=True, help="dataset.json with image boxes and sentence phrases")

@@ -33,12 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-length", type=int, default=None,
                    help="words before <end> may be chosen (default: config, 1 = never an empty caption)")
     p.add_argument("--proposer", default=None,
-                   help="in-graph region proposer (only 'grid' today); default: the records' own proposer, or a "
-                        "grid of its k (with a warning) when it cannot run in the graph")
+                   help="in-graph region proposer: grid, learned:RUN_DIR (a karpalign-train --task propose run) or "
+                        "detector:SAVED_MODEL; default: the records' own proposer (records made with segments or "
+                        "boxes need this flag). A proposer other than the records' is recorded in the config asset "
+                        "and in serving_default's proposer / records_proposer outputs")
     p.add_argument("--regions", type=int, default=None,
                    help="boxes besides the full image (default: the records' proposer k)")
     p.add_argument("--crop-size", type=int, default=None, help="crop side (default: manifest crop_size)")
     p.add_argument("--no-warmup", action="store_true", help="do not write TF Serving warmup requests")
+    p.add_argument("--no-xla", action="store_true",
+                   help="plain-graph beam search: for a TF Serving started without --xla_cpu_compilation_enabled=true "
+                        "(the default export XLA-compiles it, which that flag must allow)")
     return p
 
 
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
             raise ValueError(f"top-k ({decode.top_k}) cannot exceed beam size ({decode.beam_size})")
         path = export(args.align_dir, args.caption_dir, args.export_base, records_dir=args.records_dir,
                       model_name=args.model_name, version=args.version, decode=decode, proposer=args.proposer,
-                      regions=args.regions, crop_size=args.crop_size, warmup=not args.no_warmup)
+                      regions=args.regions, crop_size=args.crop_size, warmup=not args.no_warmup,
+                      jit_compile=not args.no_xla)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"karpalign-export: {exc}", file=sys.stderr)
         return 2

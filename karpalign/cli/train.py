@@ -1,8 +1,10 @@
-"""karpalign-train: train the alignment model or the generator under a tf.distribute strategy.
+"""karpalign-train: train the alignment model, the generator or the region proposer under a tf.distribute
+strategy.
 
   karpalign-train --task align   --config C.yaml --set data.records_dir=runs/records --set train.steps=2000
   karpalign-train --task caption --on images  --config C.yaml --set runtime.output_dir=runs/gen
   karpalign-train --task caption --on regions --set data.region_records_dir=runs/align/regions
+  karpalign-train --task propose --set data.dataset=data/scenes/dataset.json --set runtime.output_dir=runs/proposer
 
 Re-running the same command resumes from the newest checkpoint in runtime.output_dir.
 """
@@ -19,7 +21,7 @@ from karpalign.config import ConfigError, load_config
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="karpalign-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["align", "caption"], required=True)
+    p.add_argument("--task", choices=["align", "caption", "propose"], required=True)
     p.add_argument("--on", choices=["images", "regions"], default=None, help="caption task: training data")
     p.add_argument("--config", default=None, help="YAML config (see karpalign/config.py for every key)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")

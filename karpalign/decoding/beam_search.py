@@ -22,8 +22,9 @@ How the search works (B images, K = ``beam_size``, V words, T = ``max_length``):
   among the top ``K`` of the step's candidates, i.e. only if it would have won a beam slot. This is what
   makes ``beam_size=1`` exactly greedy decoding (for ``alpha=0``): a sentence ends exactly when END is the
   arg-max word.
-* **Minimum length.** Before ``min_length`` words have been generated END is not a candidate at all (its
-  log-probability is masked to ``-inf``), so with the default ``min_length=1`` no caption is empty. The scores
+* **Minimum length.** Before ``min_length`` words have been generated END cannot be chosen: an END candidate
+  may neither finish a hypothesis nor (as always) stay alive, so the ``K`` best other words carry on, exactly
+  as if END's log-probability were ``-inf``. With the default ``min_length=1`` no caption is empty. The scores
   stay the model's own log-probabilities (no renormalisation over the other words).
 * **Length normalisation.** Finished hypotheses are ranked by ``log p(y) / length ** alpha`` where
   ``length`` counts the generated words *including* END (START is never counted). ``alpha=0`` ranks by raw
@@ -35,6 +36,18 @@ How the search works (B images, K = ``beam_size``, V words, T = ``max_length``):
   score for every image, the result cannot change and the loop stops; otherwise it runs to
   ``max_length``. Ties keep the hypothesis that finished first, so an image decodes to the same result
   alone or in a batch.
+
+What one step costs (issue 17). At one image per call a step is a few hundred small ops around three
+matrix-vector products, so the loop body is kept lean: one ``top_k`` over each image's flattened K x V scores;
+everything that does not change from step to step (START rows, the beam-row offsets, the won-a-slot mask) is
+built once before the loop; the word to feed next is carried, not sliced out of the sequences; each state leaf is
+reordered with one ``gather`` by precomputed rows, and not at all for ``beam_size=1``; the min-length rule acts
+on the 2K candidates instead of masking all V log-probabilities; hypotheses cut at ``max_length`` join the
+finished table once, after the loop, and lengths are read off the finished sequences there; the loop condition
+is a flag the body computes. The same ops run in the plain graph and under XLA (``jit_compile=True``, the
+default of :class:`karpalign.decoding.generate.CaptionGenerator` and of the export), which fuses the whole loop
+into one program. Against the earlier, longer body the word ids are unchanged in both, and so are the scores to
+the bit at ``alpha=0`` (the default; with some ``alpha`` grappler's rewrites round the division differently).
 """
 
 from __future__ import annotations
@@ -110,101 +123,128 @@ def beam_search(
     _check_arguments(beam_size, max_length, start_id, end_id, alpha, top_k, vocab_size, min_length)
     k_beam, n_best, t_max = beam_size, top_k, max_length
     batch = batch_size if isinstance(batch_size, int) else tf.convert_to_tensor(batch_size, tf.int32)
+    static_batch = batch if isinstance(batch, int) else tf.get_static_value(batch)
+    static_batch = None if static_batch is None else int(static_batch)
 
     initial_state = _check_initial_state(tf.nest.map_structure(tf.convert_to_tensor, initial_state), batch)
-    state = tf.nest.map_structure(lambda x: tf.repeat(x, k_beam, axis=0), initial_state)  # (B*K, ...)
+    state = initial_state if k_beam == 1 else tf.nest.map_structure(
+        lambda x: tf.repeat(x, k_beam, axis=0), initial_state)  # (B*K, ...)
 
-    # Sequences carry START in column 0 so that the word to feed at step t is always column t.
+    # Step-invariant tensors, built once outside the loop (the body captures them as loop constants).
+    # Sequences carry START in column 0, so the word generated at step t goes to column t + 1.
     positions = tf.range(t_max + 1)  # (T+1,)
     alive_seq = tf.pad(tf.fill([batch, k_beam, 1], tf.constant(start_id, tf.int32)),
                        [[0, 0], [0, 0], [0, t_max]])  # (B, K, T+1)
+    fed = tf.fill([batch * k_beam], tf.constant(start_id, tf.int32))  # (B*K,) the words fed at the next step
     # All K beams start out identical; only beam 0 may expand at the first step.
     first_beam_only = tf.constant([0.0] + [_NEG_INF] * (k_beam - 1), tf.float32)  # (K,)
     alive_log_probs = tf.tile(first_beam_only[None, :], [batch, 1])  # (B, K)
     finished_seq = tf.zeros([batch, n_best, t_max + 1], tf.int32)  # (B, k, T+1)
     finished_scores = tf.fill([batch, n_best], _NEG_INF)  # (B, k)
-    finished_lengths = tf.zeros([batch, n_best], tf.int32)  # (B, k)
-    max_penalty = length_penalty(t_max, alpha)
+    beam_offsets = tf.range(batch)[:, None] * k_beam  # (B, 1) row of each image's first beam in (B*K, ...)
+    won_slot = tf.range(2 * k_beam) < k_beam  # (2K,) the candidates that would win a beam slot
+    max_penalty = length_penalty(t_max, alpha)  # scalar
 
-    def gather_beams(x, beam_index):
-        """Rows of x (B*K, ...) reordered by beam_index (B, K) into the beams of the same image."""
-        shape = tf.shape(x)
-        per_image = tf.reshape(x, tf.concat([[batch, k_beam], shape[1:]], axis=0))  # (B, K, ...)
-        picked = tf.gather(per_image, beam_index, batch_dims=1)  # (B, K, ...)
-        return tf.reshape(picked, shape)  # (B*K, ...)
+    def normalised(log_probs, length=None):
+        """log p / length ** alpha, at ``length`` or else at max_length (alpha = 0: no division, which is exact)."""
+        if alpha == 0:
+            return log_probs
+        return log_probs / (max_penalty if length is None else length_penalty(length, alpha))
 
     def can_improve(alive_log_probs, finished_scores):
         """(B,) bool: could some alive hypothesis still beat the top_k-th finished one?"""
-        best_possible = tf.reduce_max(alive_log_probs, axis=1) / max_penalty  # (B,)
+        best_possible = normalised(tf.reduce_max(alive_log_probs, axis=1))  # (B,)
         return best_possible > finished_scores[:, -1]
 
-    def cond(step, alive_seq, alive_log_probs, alive_state, finished_seq, finished_scores, finished_lengths):
-        return tf.logical_and(step < t_max, tf.reduce_any(can_improve(alive_log_probs, finished_scores)))
+    def cond(go_on, step, fed, alive_seq, alive_log_probs, alive_state, finished_seq, finished_scores):
+        return go_on  # computed at the end of the body: one loop-condition op per step
 
-    def body(step, alive_seq, alive_log_probs, alive_state, finished_seq, finished_scores, finished_lengths):
-        fed = tf.reshape(alive_seq[:, :, step], [-1])  # (B*K,)
+    def body(go_on, step, fed, alive_seq, alive_log_probs, alive_state, finished_seq, finished_scores):
         logits, new_state = step_fn(fed, alive_state)
         logits = _check_step_output(logits, new_state, alive_state, vocab_size, end_id)
         n_vocab = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)  # (B*K, V)
-        if min_length > 0:  # END is no candidate while fewer than min_length words have been generated
-            too_short = tf.logical_and(step < min_length, tf.equal(tf.range(n_vocab), end_id))  # (V,)
-            log_probs = tf.where(too_short[None, :], _NEG_INF, log_probs)  # (B*K, V)
-        log_probs = tf.reshape(log_probs, [batch, k_beam, n_vocab])  # (B, K, V)
-        candidates = tf.reshape(alive_log_probs[:, :, None] + log_probs, [batch, -1])  # (B, K*V)
+        # Every beam's extensions scored by total log-probability, flattened to one row per image, so that a
+        # single top-k picks the candidates of all K beams (flat index = beam * V + word).
+        candidates = tf.reshape(tf.reshape(alive_log_probs, [-1, 1]) + log_probs, [-1, k_beam * n_vocab])
 
         # The 2K best extensions: at most K of them end in END, so K non-END ones always remain.
-        cand_log_probs, cand_index = tf.math.top_k(candidates, k=2 * k_beam)  # (B, 2K)
-        cand_beam = cand_index // n_vocab  # (B, 2K)
-        cand_word = tf.cast(cand_index % n_vocab, tf.int32)  # (B, 2K)
-        cand_seq = tf.gather(alive_seq, cand_beam, batch_dims=1)  # (B, 2K, T+1)
-        cand_seq = tf.where(positions == step + 1, cand_word[:, :, None], cand_seq)  # (B, 2K, T+1)
+        cand_log_probs, cand_index = tf.math.top_k(candidates, k=2 * k_beam)  # (B, 2K) best first
+        cand_word = cand_index if k_beam == 1 else cand_index % n_vocab  # (B, 2K)
         cand_is_end = tf.equal(cand_word, end_id)  # (B, 2K)
+        new_step = step + 1
+        at_new_word = tf.equal(positions, new_step)  # (T+1,) the column the new word goes to
 
-        # Alive: the K best candidates that did not end (top_k keeps their rank order).
+        # Alive: the K best candidates that did not end (top_k keeps their rank order). END candidates are
+        # never alive, so before min_length words (when END may not finish either) END is no choice at all.
         non_end_log_probs = tf.where(cand_is_end, _NEG_INF, cand_log_probs)  # (B, 2K)
         new_alive_log_probs, keep = tf.math.top_k(non_end_log_probs, k=k_beam)  # (B, K)
-        new_alive_seq = tf.gather(cand_seq, keep, batch_dims=1)  # (B, K, T+1)
-        parent_beam = tf.gather(cand_beam, keep, batch_dims=1)  # (B, K)
-        new_alive_state = tf.nest.map_structure(lambda x: gather_beams(x, parent_beam), new_state)
+        kept_index = tf.gather(cand_index, keep, batch_dims=1)  # (B, K)
+        if k_beam == 1:  # one beam: every candidate extends it, so nothing is reordered
+            new_word, parent_seq, new_alive_state = kept_index, alive_seq, new_state
+        else:
+            parent_beam = kept_index // n_vocab  # (B, K)
+            new_word = kept_index % n_vocab  # (B, K)
+            parent_seq = tf.gather(alive_seq, parent_beam, batch_dims=1)  # (B, K, T+1)
+            parent_row = tf.reshape(parent_beam + beam_offsets, [-1])  # (B*K,) rows of new_state to keep
+            new_alive_state = tf.nest.map_structure(lambda x: tf.gather(x, parent_row), new_state)
+        new_alive_seq = tf.where(at_new_word, new_word[:, :, None], parent_seq)  # (B, K, T+1)
 
-        # Finished: END candidates that won a beam slot; at the last step also every alive hypothesis.
-        length = step + 1
-        penalty = length_penalty(length, alpha)
-        won_slot = tf.range(2 * k_beam) < k_beam  # (2K,)
-        end_scores = tf.where(cand_is_end & won_slot, cand_log_probs / penalty, _NEG_INF)  # (B, 2K)
-        cut_scores = tf.where(length == t_max, new_alive_log_probs / penalty, _NEG_INF)  # (B, K)
+        # Finished: END candidates that won a beam slot (rank < K), once min_length words came before END.
+        # (A mask, not a slice: XLA turns top_k into its fast TopK call only if the outputs are not sliced.)
+        won_end = tf.logical_and(cand_is_end, won_slot)  # (B, 2K)
+        if min_length > 0:
+            won_end = tf.logical_and(won_end, step >= min_length)
+        end_scores = tf.where(won_end, normalised(cand_log_probs, new_step), _NEG_INF)  # (B, 2K)
+        cand_parent_seq = (tf.tile(alive_seq, [1, 2, 1]) if k_beam == 1 else
+                           tf.gather(alive_seq, cand_index // n_vocab, batch_dims=1))  # (B, 2K, T+1)
+        end_seq = tf.where(at_new_word, end_id, cand_parent_seq)  # (B, 2K, T+1)
         # Old finished come first so that on ties the earlier hypothesis is kept.
-        pool_scores = tf.concat([finished_scores, end_scores, cut_scores], axis=1)  # (B, k+3K)
-        pool_seq = tf.concat([finished_seq, cand_seq, new_alive_seq], axis=1)  # (B, k+3K, T+1)
-        new_lengths = tf.fill([batch, 3 * k_beam], length)  # (B, 3K)
-        pool_lengths = tf.concat([finished_lengths, new_lengths], axis=1)  # (B, k+3K)
-        finished_scores, best = tf.math.top_k(pool_scores, k=n_best)  # (B, k)
-        finished_seq = tf.gather(pool_seq, best, batch_dims=1)  # (B, k, T+1)
-        finished_lengths = tf.gather(pool_lengths, best, batch_dims=1)  # (B, k)
+        finished_scores, finished_seq = _best_of(n_best, (finished_scores, end_scores), (finished_seq, end_seq))
 
-        return (step + 1, new_alive_seq, new_alive_log_probs, new_alive_state,
-                finished_seq, finished_scores, finished_lengths)
+        go_on = tf.logical_and(new_step < t_max,
+                               tf.reduce_any(can_improve(new_alive_log_probs, finished_scores)))
+        return (go_on, new_step, tf.reshape(new_word, [-1]), new_alive_seq, new_alive_log_probs,
+                new_alive_state, finished_seq, finished_scores)
 
-    loop_vars = (tf.constant(0), alive_seq, alive_log_probs, state,
-                 finished_seq, finished_scores, finished_lengths)
+    rows = None if static_batch is None else static_batch * k_beam
+    loop_vars = (tf.constant(True), tf.constant(0), fed, alive_seq, alive_log_probs, state,
+                 finished_seq, finished_scores)
     invariants = (
         tf.TensorShape([]),
-        tf.TensorShape([None, k_beam, t_max + 1]),
-        tf.TensorShape([None, k_beam]),
-        tf.nest.map_structure(lambda x: tf.TensorShape([None]).concatenate(x.shape[1:]), state),
-        tf.TensorShape([None, n_best, t_max + 1]),
-        tf.TensorShape([None, n_best]),
-        tf.TensorShape([None, n_best]),
+        tf.TensorShape([]),
+        tf.TensorShape([rows]),
+        tf.TensorShape([static_batch, k_beam, t_max + 1]),
+        tf.TensorShape([static_batch, k_beam]),
+        tf.nest.map_structure(lambda x: tf.TensorShape([rows]).concatenate(x.shape[1:]), state),
+        tf.TensorShape([static_batch, n_best, t_max + 1]),
+        tf.TensorShape([static_batch, n_best]),
     )
-    _, _, _, _, finished_seq, finished_scores, finished_lengths = tf.while_loop(
-        cond, body, loop_vars, shape_invariants=invariants, maximum_iterations=t_max)
+    _, steps, _, alive_seq, alive_log_probs, _, finished_seq, finished_scores = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=invariants)
+
+    # Hypotheses still alive after max_length words are finished as they are (cut), after the ones already
+    # finished (ties keep the earlier). Only if the loop ran to max_length: an early stop means none can win.
+    cut_scores = tf.where(tf.equal(steps, t_max), normalised(alive_log_probs, steps), _NEG_INF)  # (B, K)
+    finished_scores, finished_seq = _best_of(n_best, (finished_scores, cut_scores), (finished_seq, alive_seq))
 
     # Slots that never received a hypothesis (score -inf) are emptied rather than left with garbage words.
     empty = tf.math.is_inf(finished_scores)  # (B, k)
-    ids = tf.where(empty[:, :, None], 0, finished_seq[:, :, 1:])  # (B, k, T)
-    lengths = tf.where(empty, 0, finished_lengths)  # (B, k)
+    words = finished_seq[:, :, 1:]  # (B, k, T)
+    # A finished hypothesis holds END only as its last word, or is max_length words long without END.
+    is_end = tf.equal(words, end_id)  # (B, k, T)
+    end_at = tf.argmax(tf.cast(is_end, tf.int32), axis=-1, output_type=tf.int32)  # (B, k) first END
+    lengths = tf.where(tf.reduce_any(is_end, axis=-1), end_at + 1, t_max)  # (B, k)
+    ids = tf.where(empty[:, :, None], 0, words)  # (B, k, T)
+    lengths = tf.where(empty, 0, lengths)  # (B, k)
     return BeamResult(ids=ids, scores=finished_scores, lengths=lengths)
+
+
+def _best_of(n_best: int, scores, sequences):
+    """The ``n_best`` best of the concatenated (B, n_i) ``scores`` with their (B, n_i, T+1) ``sequences``; on
+    equal scores the one that comes first wins (``tf.math.top_k`` is stable)."""
+    best_scores, best = tf.math.top_k(tf.concat(scores, axis=1), k=n_best)  # (B, k)
+    return best_scores, tf.gather(tf.concat(sequences, axis=1), best, batch_dims=1)  # (B, k), (B, k, T+1)
 
 
 def greedy_search(

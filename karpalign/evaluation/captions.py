@@ -1,4 +1,6 @@
-"""Caption evaluation: coco-caption metrics, novelty against the training set, nearest-neighbour baseline.
+"""Caption evaluation: coco-caption metrics, novelty against the training set, nearest-neighbour baseline, and
+(for datasets that list their objects, the scenes) the grounded object metric of
+:mod:`karpalign.evaluation.grounding`.
 
 :func:`score_captions` gives the paper's generation metrics (BLEU-1..4, METEOR, CIDEr) plus ROUGE-L, computed
 by ``pycocoevalcap`` (the Python 3 package of the coco-caption code) exactly as the COCO server does: both
@@ -353,61 +355,96 @@ def nearest_neighbour_captions(train_feats, train_captions: Sequence[Sequence[st
 # ---- a generator's captions of a records split ----------------------------------------------------------
 
 def read_split_images(records_dir: str, split: str, *, with_features: bool = True,
-                      max_images: int | None = None, batch_size: int = 64) -> dict:
+                      max_images: int | None = None, batch_size: int = 64, with_regions: bool = False) -> dict:
     """A split's images in file order: ``image_ids`` (N,), ``features`` (N, D) region 0 (or None), ``captions``
-    (N lists of raw reference sentences)."""
+    (N lists of raw reference sentences); ``with_regions`` adds every region, ``region_features`` (N, R, D) and
+    ``region_mask`` (N, R)."""
     import numpy as np
 
     from karpalign.data import pipeline as P
 
-    out = {"image_ids": [], "features": [], "captions": []}
+    out = {"image_ids": [], "features": [], "captions": [], "region_features": [], "region_mask": []}
     for batch in P.image_dataset(records_dir, split, batch_size=batch_size, max_images=max_images):
         out["image_ids"].extend(x.decode() for x in batch["image_id"].numpy())
         out["captions"].extend([s.decode() for s in caps] for caps in batch["sentences_raw"].to_list())
         if with_features:
             out["features"].append(batch["region_features"][:, 0].numpy())  # (b, D) full frame
+        if with_regions:
+            out["region_features"].append(batch["region_features"].numpy())  # (b, R, D)
+            out["region_mask"].append(batch["region_mask"].numpy())  # (b, R)
     if not out["image_ids"]:
         raise ValueError(f"split {split!r} in {records_dir} has no images")
     for image_id, caps in zip(out["image_ids"], out["captions"]):
         if not caps:
             raise ValueError(f"image {image_id!r} of split {split!r} in {records_dir} has no reference sentences")
     out["features"] = np.concatenate(out["features"]).astype(np.float32) if with_features else None
+    for key in ("region_features", "region_mask"):
+        out[key] = np.concatenate(out[key]).astype(np.float32) if with_regions else None
     return out
 
 
 def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *, beam_size: int = 7,
                       max_length: int = 20, alpha: float = 0.0, max_images: int | None = None,
                       baseline: str | None = None, samples: int = 20, batch_size: int = 64,
-                      min_length: int = 1) -> dict:
-    """Full-frame captions of a split, scored against the references; novelty; optional nn baseline.
+                      min_length: int = 1, dataset: str | None = None) -> dict:
+    """Captions of a split, scored against the references; novelty; optional nn baseline; grounded metric.
 
-    ``empty_captions`` counts generated captions without a word (0 with the default ``min_length=1``)."""
+    The mRNN captions each image from region 0 (the full frame); a region-attention generator (``reads_regions``)
+    from all its regions and their mask. ``empty_captions`` counts generated captions without a word (0 with the
+    default ``min_length=1``).
+
+    ``grounding`` (for the generator and the baseline) is :func:`karpalign.evaluation.grounding.grounded_metrics`
+    against the objects of ``dataset`` (default: the records' own dataset file when it lists objects, as the
+    scenes' does; otherwise it is None and ``grounding_note`` says why); novel pairs are those no training image
+    of that dataset contains.
+    """
     from karpalign.data import features as F
     from karpalign.decoding.generate import generate_captions
+    from karpalign.evaluation.grounding import grounded_metrics, scene_objects_of_records
+    from karpalign.models.generators import reads_regions
 
     manifest = F.read_manifest(records_dir)
     if manifest.feature_dim != int(generator.feature_dim):
         raise ValueError(f"{records_dir} holds {manifest.feature_dim}-d features (cnn "
                          f"{manifest.cnn or '?'}) but the generator takes {generator.feature_dim}-d ones")
-    test = read_split_images(records_dir, split, max_images=max_images, batch_size=batch_size)
+    scene, grounding_note = scene_objects_of_records(manifest, dataset)
+    attends = reads_regions(generator)
+    test = read_split_images(records_dir, split, max_images=max_images, batch_size=batch_size, with_regions=attends)
     train = read_split_images(records_dir, "train", with_features=baseline == "nn", batch_size=batch_size)
     train_captions = [c for caps in train["captions"] for c in caps]
 
-    decoded = generate_captions(generator, vocab, test["features"], beam_size=beam_size, max_length=max_length,
-                                alpha=alpha, top_k=1, batch_size=batch_size, min_length=min_length)
+    settings = dict(beam_size=beam_size, max_length=max_length, alpha=alpha, top_k=1, batch_size=batch_size,
+                    min_length=min_length)
+    if attends:
+        decoded = generate_captions(generator, vocab, test["region_features"], region_mask=test["region_mask"],
+                                    **settings)
+    else:
+        decoded = generate_captions(generator, vocab, test["features"], **settings)
     generated = [caps[0][0] if caps else "" for caps in decoded]
     references = dict(zip(test["image_ids"], test["captions"]))
+    novel = objects = None
+    if scene is not None:
+        missing = [i for i in test["image_ids"] if i not in scene.objects]
+        if missing:
+            raise ValueError(f"{scene.path}: {len(missing)} images of split {split!r} in {records_dir} are not in "
+                             f"the dataset, e.g. {missing[:3]}; pass the dataset the records were extracted from")
+        objects, novel = scene.objects, scene.novel_pairs()
+
+    def grounding(captions):
+        return grounded_metrics(dict(zip(test["image_ids"], captions)), objects, novel) if objects is not None else None
+
     result = {
         "kind": "captions", "split": split,
         "metrics": score_captions(references, dict(zip(test["image_ids"], generated))),
         "novelty": _novelty(generated, train_captions),
         "empty_captions": sum(not text.strip() for text in generated),
+        "grounding": grounding(generated), "grounding_note": grounding_note,
     }
     nn = None
     if baseline == "nn":
         nn = nearest_neighbour_captions(train["features"], train["captions"], test["features"])
         result["baseline"] = {"kind": "nn", "metrics": score_captions(references, dict(zip(test["image_ids"], nn))),
-                              "novelty": _novelty(nn, train_captions)}
+                              "novelty": _novelty(nn, train_captions), "grounding": grounding(nn)}
     elif baseline is not None:
         raise ValueError(f"unknown baseline {baseline!r}; the only one is 'nn'")
     result["samples"] = [{"image_id": image_id, "generated": generated[n], "references": test["captions"][n],
@@ -415,7 +452,9 @@ def evaluate_captions(generator, vocab, records_dir: str, split: str = "test", *
                          for n, image_id in enumerate(test["image_ids"][:samples])]
     result["settings"] = {"beam_size": beam_size, "max_length": max_length, "alpha": alpha,
                           "min_length": min_length, "max_images": max_images, "n_images": len(generated), "n_train_images":
-                          len(train["image_ids"]), "records_dir": records_dir, "image_vector": "region 0 (full frame)"}
+                          len(train["image_ids"]), "records_dir": records_dir,
+                          "image_vector": "every region (attention)" if attends else "region 0 (full frame)",
+                          "generator": type(generator).__name__}
     return result
 
 

@@ -26,13 +26,14 @@ import yaml
 from karpalign.config import DecodeConfig, to_dict
 from karpalign.data import features as F
 from karpalign.data.text import Vocabulary
+from karpalign.decoding.generate import JIT_COMPILE
 from karpalign.export.export_module import ExportModule
 from karpalign.logs import dropped_messages
 from karpalign.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-IN_GRAPH_PROPOSERS = ("grid",)  # proposers that can live in the graph as constants
+IN_GRAPH_PROPOSERS = ("grid", "learned", "detector")  # proposers the serving graph can run (karpalign.vision.proposers)
 
 
 def next_version(model_dir: str) -> int:
@@ -47,34 +48,47 @@ def next_version(model_dir: str) -> int:
 # ---- reading the training runs ------------------------------------------------------------------------------
 
 
-def _in_graph_proposer(manifest: F.Manifest, proposer: str | None, regions: int | None) -> tuple[str, int, str]:
-    """(proposer kind, k, note) for serving_default: ``proposer``/``regions`` if given, else the records' own.
+def _in_graph_proposer(manifest: F.Manifest, proposer: str | None, regions: int | None):
+    """(proposer, note) for serving_default: the records' own proposer (from the manifest), or ``proposer``.
 
-    Only a grid can run in the graph today. When the records were made by another proposer and no ``proposer``
-    was asked for, the export uses a grid of the same k and says so (the note, logged and kept in the config
-    asset), because the served model then sees different regions than it was trained on.
+    The proposer is built (a learned run or a detector is loaded) with ``regions`` boxes besides the full image,
+    default the records' k. Serving with a proposer other than the records' needs ``proposer`` (given explicitly)
+    and is written into the note (kept in the config asset; ``serving_default`` reports both names). A proposer
+    that cannot run in the graph (``segments``, ``boxes``) is refused, naming the ones that can.
     """
+    from karpalign.vision.proposers import IN_GRAPH_HINT, IN_GRAPH_KINDS, in_graph_proposer, spec_from_name
+
     if regions is not None and (isinstance(regions, bool) or not isinstance(regions, int) or regions < 0):
         raise ValueError(f"regions must be an int >= 0 (boxes besides the full image), got {regions!r}")
     records = manifest.proposer
-    kind = proposer or records.kind
+    where = manifest.path or "records manifest"
     k = regions if regions is not None else records.k
-    if kind not in IN_GRAPH_PROPOSERS:
-        if proposer:
-            raise ValueError(f"proposer {proposer!r} cannot run inside the serving graph; use one of "
-                             f"{IN_GRAPH_PROPOSERS}")
-        note = (f"the records were made with the {records.name!r} proposer, which cannot run inside the serving "
-                f"graph: serving_default crops a grid of {k} boxes (+ the full image) instead, so served features "
-                f"differ from the training ones (pass --proposer grid to choose this explicitly)")
-        log.warning("%s: %s", manifest.path or "records manifest", note)
-        return "grid", k, note
-    return kind, k, ""
+    if records.kind in IN_GRAPH_KINDS:
+        try:
+            records_spec, _, score, iou = spec_from_name(records.name)
+        except ValueError:
+            records_spec, score, iou = records.spec, 0.3, 0.5
+    else:
+        records_spec, score, iou = None, 0.3, 0.5
+    if proposer is None:
+        if records_spec is None:
+            raise ValueError(f"{where}: the records were made with the {records.name!r} proposer, which cannot run "
+                             f"inside the serving graph; pass --proposer with one that can ({IN_GRAPH_HINT}); "
+                             "the served regions then differ from the ones the models were trained on")
+        return in_graph_proposer(records_spec, k, score, iou), ""
+    same_kind = proposer.split(":", 1)[0].split("|", 1)[0] == records.kind
+    built = in_graph_proposer(proposer, k, *((score, iou) if same_kind else (0.3, 0.5)))
+    note = ""
+    if built.name != records.name:
+        note = (f"serving_default proposes with {built.name!r} (asked for with --proposer), the records were made "
+                f"with {records.name!r}: served regions differ from the ones the models were trained on")
+        log.warning("%s: %s", where, note)
+    return built, note
 
 
-def _image_path(manifest: F.Manifest, feature_dim: int, k: int, crop_size: int | None):
-    """(backbone, grid boxes (1 + k, 4), crop size) for serving_default, built from the records manifest."""
+def _image_path(manifest: F.Manifest, feature_dim: int, crop_size: int | None):
+    """(backbone, crop size) for serving_default, built from the records manifest."""
     from karpalign.vision.backbones import get_backbone
-    from karpalign.vision.proposers import GridProposer
 
     where = manifest.path or "records manifest"
     spec = manifest.cnn_spec or manifest.cnn
@@ -92,8 +106,7 @@ def _image_path(manifest: F.Manifest, feature_dim: int, k: int, crop_size: int |
     if backbone.fixed_size and (size, size) != tuple(backbone.input_size):
         raise ValueError(f"{where}: backbone {spec!r} only accepts {backbone.input_size} inputs, "
                          f"crop size is {size}")
-    boxes = GridProposer(k).propose()  # (1 + K, 4), full image first
-    return backbone, boxes, size
+    return backbone, size
 
 
 def _check_same_vocab(align_vocab: str, caption_vocab: str) -> Vocabulary:
@@ -108,7 +121,7 @@ def _check_same_vocab(align_vocab: str, caption_vocab: str) -> Vocabulary:
 def build_export_module(align_dir: str, caption_dir: str, records_dir: str | None = None, *,
                         decode: DecodeConfig | None = None, proposer: str | None = None, regions: int | None = None,
                         crop_size: int | None = None, with_images: bool = True,
-                        config_dir: str | None = None) -> ExportModule:
+                        config_dir: str | None = None, jit_compile: bool = JIT_COMPILE) -> ExportModule:
     """Loads both runs, checks they fit together and builds the :class:`ExportModule`.
 
     Args:
@@ -117,9 +130,12 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
             the manifest copy in ``align_dir``.
         decode: beam settings; default the caption run's ``decode`` config.
         proposer / regions / crop_size: the in-graph region proposal; default the records' own proposer and k
-            (from the manifest), a grid of the same k (with a warning) when that proposer cannot run in the graph.
+            (from the manifest). A different proposer must be asked for here and is recorded in the config asset
+            and in serving_default's ``proposer`` / ``records_proposer`` outputs; ``segments`` and ``boxes``
+            records need one (they cannot run in the graph).
         with_images: False exports without ``serving_default`` (no backbone needed).
         config_dir: where to write the resolved config asset (default: a new temporary folder).
+        jit_compile: XLA-compile the caption signatures' beam search (see :class:`ExportModule`).
     """
     align_run, caption_run = RunDir(align_dir, "align").check(), RunDir(caption_dir, "caption").check()
     align_cfg, caption_cfg = align_run.load_config(), caption_run.load_config()
@@ -136,17 +152,21 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
         raise ValueError(f"{caption_dir}: the generator takes {generator.feature_dim}-d images, {manifest.path} "
                          f"has feature_dim={feature_dim}")
     decode = decode or caption_cfg.decode
-    backbone = boxes = size = None
-    kind = k = None
+    backbone = boxes = size = built = None
     note = ""
     if with_images:
-        kind, k, note = _in_graph_proposer(manifest, proposer, regions)
-        backbone, boxes, size = _image_path(manifest, feature_dim, k, crop_size)
+        built, note = _in_graph_proposer(manifest, proposer, regions)
+        backbone, size = _image_path(manifest, feature_dim, crop_size)
+        from karpalign.vision.proposers import GridProposer
+
+        if isinstance(built, GridProposer):  # constant boxes (1 + K, 4), full image first
+            boxes, built = built.propose(), None
 
     resolved = {"align_run": os.path.abspath(align_dir), "caption_run": os.path.abspath(caption_dir),
                 "manifest": manifest.to_json(), "decode": dataclasses.asdict(decode),
                 "backbone": backbone.name if backbone else None, "crop_size": size,
-                "proposer": f"{kind}|k={k}" if boxes is not None else None,
+                "proposer": (built.name if built is not None else f"grid|k={len(boxes) - 1}") if with_images else None,
+                "proposer_explicit": proposer is not None,
                 "records_proposer": manifest.proposer.name, "proposer_note": note or None,
                 "boxes": np.asarray(boxes).tolist() if boxes is not None else None,
                 "max_words": align_cfg.data.max_words,
@@ -157,7 +177,8 @@ def build_export_module(align_dir: str, caption_dir: str, records_dir: str | Non
         yaml.safe_dump(resolved, f, sort_keys=False)
     return ExportModule(alignment, generator, vocab_path, decode=decode, max_words=align_cfg.data.max_words,
                         feature_dim=feature_dim, backbone=backbone, boxes=boxes, crop_size=size,
-                        config_path=config_path)
+                        config_path=config_path, jit_compile=jit_compile, proposer=built,
+                        records_proposer=manifest.proposer.name)
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -217,7 +238,7 @@ def warmup_requests(module: ExportModule) -> list[tuple[str, dict]]:
         pixels = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).clip(0, 255).astype(np.uint8)  # (48, 64, 3)
         jpeg = tf.io.encode_jpeg(pixels).numpy()
         requests.append(("serving_default", {"images": np.array([jpeg], dtype=object)}))
-    n_regions = len(module.boxes) if module.cnn is not None else 1
+    n_regions = module.num_regions if module.cnn is not None else 1
     requests.append(("caption_features",
                      {"region_features": np.zeros((1, n_regions, module.feature_dim), np.float32),
                       "region_mask": np.ones((1, n_regions), np.float32)}))
@@ -260,9 +281,10 @@ def write_saved_model(module: ExportModule, export_base: str, model_name: str = 
 def export(align_dir: str, caption_dir: str, export_base: str, *, records_dir: str | None = None,
            model_name: str = "karpalign", version: int | None = None, decode: DecodeConfig | None = None,
            proposer: str | None = None, regions: int | None = None, crop_size: int | None = None,
-           warmup: bool = True) -> str:
+           warmup: bool = True, jit_compile: bool = JIT_COMPILE) -> str:
     """Builds the module from the runs and writes ``export_base/model_name/version``; returns that folder."""
     with tempfile.TemporaryDirectory(prefix="karpalign-export-") as config_dir:
         module = build_export_module(align_dir, caption_dir, records_dir, decode=decode, proposer=proposer,
-                                     regions=regions, crop_size=crop_size, config_dir=config_dir)
+                                     regions=regions, crop_size=crop_size, config_dir=config_dir,
+                                     jit_compile=jit_compile)
         return write_saved_model(module, export_base, model_name, version, warmup=warmup)

@@ -6,10 +6,11 @@ aligned words and generated captions.
 :func:`build_report` reads a demo folder (layout in :mod:`karpalign.report.layout`): the evaluation JSONs of
 `karpalign-eval`, `alignment.json` of `karpalign-align`, each training run's `history.jsonl` and TensorBoard
 events, `samples.json`, `served.json` and `timings.json`. Every part is optional: a missing file leaves its
-section out with a note saying which file was missing, so the report also works on partial runs. The page is
-static, opens from disk, and references only files under ``report/`` (plus a relative link to the alignment
-pictures page), so the folder can be moved or zipped. An inline script sets ``data-images-ok`` on ``<body>``
-once every picture has loaded (used by the headless-browser test).
+section out with a note saying which file was missing, so the report also works on partial runs. For a caption
+run of the region-attention generator (``model.generator: updown``) it also shows where each generated word looked
+(:mod:`karpalign.report.attention`). The page is static, opens from disk, and references only files under
+``report/`` (plus a relative link to the alignment pictures page), so the folder can be moved or zipped. An inline
+script sets ``data-images-ok`` on ``<body>`` once every picture has loaded (used by the headless-browser test).
 """
 
 from __future__ import annotations
@@ -195,10 +196,20 @@ def section_alignment(p: L.Paths, page_dir: str) -> str:
     return out
 
 
-def _caption_row(label: str, metrics: dict, novelty: dict | None, cls: str) -> tuple[str, list, str]:
+GROUNDING = (("object_precision", "object P %"), ("object_recall", "object R %"))
+GENERATOR_LABELS = {"MRNNDecoder": "mRNN", "UpDownDecoder": "updown (region attention)"}
+
+
+def _percent(x) -> str:
+    return _num(100 * x) if isinstance(x, (int, float)) else "–"
+
+
+def _caption_row(label: str, metrics: dict, novelty: dict | None, cls: str,
+                 grounding: dict | None = None) -> tuple[str, list, str]:
     cells = [_num(100 * metrics[m]) if metrics.get(m) is not None else "–" for m in CAPTION_METRICS]
     novel = novelty.get("novel") if novelty else None
-    return label, cells + [_num(100 * novel) if novel is not None else "–"], cls
+    cells += [_num(100 * novel) if novel is not None else "–"]
+    return label, cells + [_percent((grounding or {}).get(k)) for k, _ in GROUNDING], cls
 
 
 def section_captions(p: L.Paths, split: str, beams: list[int]) -> str:
@@ -211,17 +222,21 @@ def section_captions(p: L.Paths, split: str, beams: list[int]) -> str:
             continue
         metrics = _field(r, path, "metrics")
         n = metrics.get("n_images", n)
-        rows.append(_caption_row(f"mRNN, beam {beam}", metrics, r.get("novelty"), "model"))
+        generator = GENERATOR_LABELS.get((r.get("settings") or {}).get("generator"), "mRNN")
+        rows.append(_caption_row(f"{generator}, beam {beam}", metrics, r.get("novelty"), "model",
+                                 r.get("grounding")))
         if "baseline" in r:
             rows.append(_caption_row("nearest-neighbour baseline", _field(r, path, "baseline", "metrics"),
-                                     r["baseline"].get("novelty"), "baseline"))
+                                     r["baseline"].get("novelty"), "baseline", r["baseline"].get("grounding")))
     for name, values in PAPER_CAPTIONS.items():
-        rows.append((name, [_num(v) if v is None else _num(float(v)) for v in values] + ["–"], "paper"))
-    header = ["", *CAPTION_METRICS, "novel %"]
+        rows.append((name, [_num(v) if v is None else _num(float(v)) for v in values] + ["–"] * 3, "paper"))
+    header = ["", *CAPTION_METRICS, "novel %", *(h for _, h in GROUNDING)]
     out = _table("captions", header, rows)
     if n:
         out += _note(f"{n} {split} images, coco-caption scorers (×100). 'novel %': generated sentences not found "
-                     "verbatim among the training captions.")
+                     "verbatim among the training captions. 'object P/R %': the grounded metric "
+                     "(karpalign.evaluation.grounding): colour–shape pairs named that are in the image / objects "
+                     "whose pair is named (datasets that list their objects only).")
     return out + "".join(_note(x) for x in notes)
 
 
@@ -238,6 +253,7 @@ def section_region_captions(p: L.Paths, split: str, beam: int) -> str:
                                  "model" if run == p.caption_regions else "baseline"))
     if not rows:
         return _note("region captions not evaluated in this run (" + "; ".join(notes) + ")")
+    rows = [(label, cells[:len(CAPTION_METRICS) + 1], cls) for label, cells, cls in rows]
     rows.append(("region model (paper, COCO, BLEU-1)", ["35.2"] + ["–"] * 7, "paper"))
     rows.append(("full-frame model (paper, COCO, BLEU-1)", ["14.2"] + ["–"] * 7, "paper"))
     out = _table("region-captions", ["", *CAPTION_METRICS, "novel %"], rows)
@@ -307,6 +323,56 @@ def section_samples(p: L.Paths, img_dir: str, page_dir: str) -> str:
     return '<div class="samples">\n' + "\n".join(cards) + "\n</div>"
 
 
+def section_attention(p: L.Paths, img_dir: str, page_dir: str, split: str, show: int = 4) -> str:
+    """For an updown caption run: the first test images with each generated word coloured by the region it
+    attended to most, and the attention weights (computed once, cached in the run; see report.attention)."""
+    from karpalign.training.run_dir import RunDir
+
+    run = RunDir(p.caption, "caption")
+    if not run.has_model():
+        return _note(f"{run.model_path()} not found: no caption run")
+    if run.load_config().model.generator != "updown":
+        return _note("the caption run's generator (mRNN) reads only the whole image; attention maps need "
+                     "`model.generator: updown`")
+    if not os.path.isfile(os.path.join(p.records, F.MANIFEST)):
+        return _note(f"{p.records}/{F.MANIFEST} not found: no records to caption")
+    from karpalign.alignment.pictures import draw_alignment
+    from karpalign.report.attention import cached_attention_maps
+
+    try:
+        data = cached_attention_maps(p.caption, p.records, split)
+    except (ValueError, OSError) as e:
+        raise ReportError(f"{p.caption}: attention maps: {e}") from None
+    cards = []
+    for k, s in enumerate(data["samples"][:show]):
+        png = os.path.join(img_dir, f"attention_{k}.png")
+        if os.path.exists(s["path"]):
+            draw_alignment(s["path"], s["boxes"], s["words"], s["attended"], png,
+                           title=f"image {s['image_id']}: attended regions",
+                           min_width=320)
+            picture = f'<img src="{_rel(png, page_dir)}" alt="attention of image {_e(s["image_id"])}">'
+        else:
+            picture = _note(f"image file {s['path']} not found")
+        head = "".join(f"<th>{_e(w)}</th>" for w in s["words"])
+        body = ""
+        for r in range(len(s["boxes"])):
+            cells = "".join(f'<td style="background: rgba(200, 60, 30, {min(1.0, float(row[r])):.2f})">'
+                            f"{100 * float(row[r]):.0f}</td>" for row in s["attention"])
+            body += f"<tr><th>{'whole image' if r == 0 else f'region {r}'}</th>{cells}</tr>"
+        table = f'<table class="attention"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+        cards.append(f'<div class="sample">{picture}\n{table}</div>')
+    settings = data["settings"]
+    intro = _note(f"Greedy captions (beam {settings['beam_size']}) of the first {len(cards)} {split} images by the "
+                  "updown generator; each column is a generated word, each cell the attention weight (%) on a "
+                  "region when that word was produced.")
+    g = data.get("grounding")
+    if g and g.get("words"):
+        intro += _note(f"Over the first {len(data['samples'])} {split} images: {_percent(g['on_object'])}% of the "
+                       f"{g['words']} colour and shape words of true colour–shape mentions attended most to a region "
+                       f"framing that object (IoU ≥ 0.5), {_percent(g['on_whole_image'])}% to the whole image.")
+    return intro + '<div class="samples">\n' + "\n".join(cards) + "\n</div>"
+
+
 def section_serving(p: L.Paths) -> str:
     served = _load(p.served)
     if served is None:
@@ -347,6 +413,7 @@ figure.curve { display: inline-block; margin: 0.5em; background: #fff; border: 1
 .sample img { max-width: 100%; } .aligned { font-weight: bold; }
 table.generated th, table.generated td { text-align: left; }
 ul.refs { font-size: 0.85em; color: #444; padding-left: 1.2em; }
+table.attention { font-size: 0.75em; } table.attention td { text-align: center; padding: 0.15em 0.3em; }
 """
 
 IMAGE_CHECK = """
@@ -389,6 +456,8 @@ def build_report(run_dir: str, out_dir: str | None = None, *, retrieval_splits=(
          section_region_captions(p, caption_split, max(beams)) if beams else _note("no caption evaluation found")),
         ("curves", "Training curves", section_curves(p, img_dir, out_dir)),
         ("samples", "Test images: regions, aligned words, captions", section_samples(p, img_dir, out_dir)),
+        ("attention", "Where the generator looks: attention per word", section_attention(p, img_dir, out_dir,
+                                                                                         caption_split)),
         ("serving", "Served over gRPC", section_serving(p)),
         ("timings", "Demo steps", section_timings(p)),
     ]

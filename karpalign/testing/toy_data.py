@@ -5,7 +5,8 @@ object's colour plus one of its shape (plus noise), region 0 being the mean of t
 ``dataset.json`` next to the shards holds the boxes and the phrase links (image files do not exist); region r is
 box r - 1, so the manifest names the ground-truth ``boxes`` proposer. Each sentence
 names the objects ("a red circle and a blue star"), so an alignment model can learn which words go to which
-regions and a generator can learn to describe the image.
+regions and a generator can learn to describe the image. Each image's ``objects`` (colour and shape) are listed in
+the dataset.json as the scenes list theirs, for the grounded caption metric.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
                     token_lists.append(tokens)
             image_id = str(len(images))
             images.append({"filename": f"{image_id}.jpg", "imgid": len(images), "split": split,
-                           "boxes": boxes[1:].tolist(), "sentences": entries})
+                           "boxes": boxes[1:].tolist(), "sentences": entries,
+                           "objects": [{"colour": c, "shape": s} for c, s in objs]})
             examples.append(F.encode_example(image_id, split, f"/toy/{image_id}.jpg", feats, boxes, sents))
         counts[split] = F.write_shards(examples, out_dir, split, num_shards=shards)
     with open(os.path.join(out_dir, "dataset.json"), "w", encoding="utf-8") as f:
@@ -71,20 +73,20 @@ def make_toy_records(out_dir: str, *, num_train: int = 160, num_val: int = 40, n
     return out_dir
 
 
-def untrained_runs(root: str, records_dir: str, feature_dim: int, max_words: int) -> dict:
+def untrained_runs(root: str, records_dir: str, feature_dim: int, max_words: int, generator: str = "mrnn") -> dict:
     """Untrained tiny alignment and caption run folders, written the way karpalign-train writes them.
 
-    The generator gets sharper logits than the default init (no log-frequency bias, output kernel × 6) so
-    that untrained beams differ between images. Returns {"align": dir, "caption": dir}.
+    ``generator`` is the caption run's ``model.generator`` ('mrnn' or 'updown'). The generator gets sharper
+    logits than the default init (no log-frequency bias, output kernel × 6) so that untrained beams differ
+    between images. Returns {"align": dir, "caption": dir}.
     """
-    import tensorflow as tf
-
     from karpalign.config import load_config, save_config
-    from karpalign.models.mrnn_decoder import MRNNDecoder
+    from karpalign.models.generators import build_generator
     from karpalign.training.tasks import AlignTask, CaptionTask
 
     sets = [f"data.records_dir={records_dir}", "model.embed_dim=32", "model.word_dim=16", "model.brnn_hidden=32",
-            "model.gen_hidden=32", "model.gen_word_dim=16", "model.dropout=0", f"data.max_words={max_words}"]
+            "model.gen_hidden=32", "model.gen_word_dim=16", "model.gen_attention_dim=16", "model.dropout=0",
+            f"data.max_words={max_words}", f"model.generator={generator}"]
     dirs = {}
     for task, cls in (("align", AlignTask), ("caption", CaptionTask)):
         cfg = load_config(None, sets + [f"train.task={task}"])
@@ -92,8 +94,8 @@ def untrained_runs(root: str, records_dir: str, feature_dim: int, max_words: int
         if task == "align":
             model = run.build_model()
         else:
-            model = MRNNDecoder(len(run.vocab), feature_dim, hidden_dim=32, word_dim=16, name="generator")
-            model({"image": tf.zeros([1, feature_dim]), "tokens": tf.zeros([1, 2], tf.int32)})
+            model = build_generator(generator, len(run.vocab), feature_dim, hidden_dim=32, word_dim=16,
+                                    attention_dim=16, num_regions=run.num_regions, name="generator")
             model.output_proj.kernel.assign(model.output_proj.kernel * 6.0)
         out = os.path.join(root, task)
         os.makedirs(out)

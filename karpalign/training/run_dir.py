@@ -2,7 +2,8 @@
 
     <run>/config.yaml              the resolved config (train.task says which task made the run)
     <run>/alignment.keras          --task align: the AlignmentModel (best validation checkpoint)
-    <run>/generator.keras          --task caption: the MRNNDecoder (best validation checkpoint)
+    <run>/generator.keras          --task caption: the generator, MRNNDecoder or UpDownDecoder (model.generator)
+    <run>/proposer.keras           --task propose: the LearnedProposer (karpalign.vision.learned_proposer)
     <run>/vocab.txt                the vocabulary of the records the run trained on
     <run>/records_manifest.json    a copy of those records' manifest
     <run>/history.jsonl            one line per validation
@@ -22,7 +23,8 @@ import os
 
 from karpalign.data import features as F
 
-TASK_MODELS = {"align": "alignment.keras", "caption": "generator.keras"}  # task -> its Keras model file
+TASK_MODELS = {"align": "alignment.keras", "caption": "generator.keras",
+               "propose": "proposer.keras"}  # task -> its Keras model file
 CONFIG = "config.yaml"
 RECORDS_MANIFEST = "records_manifest.json"
 HISTORY = "history.jsonl"
@@ -155,6 +157,8 @@ class RunDir:
         # Importing the model modules registers their classes for deserialization.
         import karpalign.models.alignment_model  # noqa: F401
         import karpalign.models.mrnn_decoder  # noqa: F401
+        import karpalign.models.updown_decoder  # noqa: F401
+        import karpalign.vision.learned_proposer  # noqa: F401
 
         task = task or self.task
         self.check(task)
@@ -167,6 +171,16 @@ class RunDir:
     def load_alignment(self):
         """The :class:`AlignmentModel` of an align run."""
         return self.load_model("align")
+
+    def load_proposer(self):
+        """The :class:`karpalign.vision.learned_proposer.LearnedProposer` of a propose run."""
+        from karpalign.vision.learned_proposer import LearnedProposer
+
+        model = self.load_model("propose")
+        if not isinstance(model, LearnedProposer):
+            raise RunDirError(f"{self.model_path('propose')}: {type(model).__name__} is not a LearnedProposer; "
+                              "pass a `karpalign-train --task propose` run folder")
+        return model
 
     def load_generator(self):
         """(generator, vocabulary) of a caption run; the generator must follow the decoder-step contract."""

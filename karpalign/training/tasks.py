@@ -1,4 +1,5 @@
-"""The training tasks: alignment (BRNN + ranking loss) and captioning (mRNN on images or on region snippets)."""
+"""The training tasks: alignment (BRNN + ranking loss) and captioning (a generator on images or on region snippets;
+``model.generator`` picks the paper's mRNN or the region-attention updown generator)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from karpalign.layers.brnn_encoder import BRNNEncoder
 from karpalign.layers.region_embedding import RegionEmbedding
 from karpalign.losses import bidirectional_loss, fragment_loss
 from karpalign.models.alignment_model import AlignmentModel
-from karpalign.models.mrnn_decoder import MRNNDecoder, log_frequency_bias
+from karpalign.models.generators import build_generator, check_generator_name, teacher_forcing_inputs
+from karpalign.models.mrnn_decoder import log_frequency_bias
 from karpalign.models.scores import region_word_dots
 from karpalign.training.loop import Task
 from karpalign.training.run_dir import RunDir
@@ -196,32 +198,41 @@ class AlignTask(_RecordsTask):
 
 
 class CaptionTask(_RecordsTask):
-    """mRNN generator trained with per-word cross-entropy on full images or on region snippets."""
+    """A generator (``model.generator``: 'mrnn' or 'updown') trained with per-word cross-entropy on full images
+    or on region snippets. The mRNN reads region 0 of each example; the updown generator every region, with
+    the region mask, so its batches carry ``region_features`` (B, R, D) and ``region_mask`` (B, R) too."""
 
     name = "caption"
 
     def __init__(self, cfg: Config):
         if cfg.train.on not in ("images", "regions"):
             raise ValueError(f"train.on must be 'images' or 'regions', got {cfg.train.on!r}")
+        check_generator_name(cfg.model.generator)
         self.records_dir_key = "records_dir" if cfg.train.on == "images" else "region_records_dir"
         super().__init__(cfg)
+        self.with_regions = cfg.model.generator != "mrnn"
 
     def build_model(self):
         m = self.cfg.model
-        model = MRNNDecoder(len(self.vocab), self.feature_dim, hidden_dim=m.gen_hidden, word_dim=m.gen_word_dim,
-                            cell=m.gen_cell, dropout=m.dropout,
-                            output_bias=log_frequency_bias(self.vocab.counts, len(self.vocab)),
-                            name="generator")
-        model({"image": tf.zeros([1, self.feature_dim]), "tokens": tf.zeros([1, 2], tf.int32)})
-        return model
+        return build_generator(m.generator, len(self.vocab), self.feature_dim, hidden_dim=m.gen_hidden,
+                               word_dim=m.gen_word_dim, cell=m.gen_cell, attention_dim=m.gen_attention_dim,
+                               dropout=m.dropout, output_bias=log_frequency_bias(self.vocab.counts, len(self.vocab)),
+                               num_regions=self.num_regions, name="generator")
+
+    def _caption_dataset(self, split: str, **kwargs):
+        """Caption batches of a split (see :func:`karpalign.data.pipeline.caption_dataset`), with the regions
+        and their mask when the generator attends over them."""
+        if not self.with_regions:
+            return P.caption_dataset(self.records_dir, split, P.vocab_table(self.records_dir), **kwargs)
+        pairs = P.pair_dataset(self.records_dir, split, P.vocab_table(self.records_dir), **kwargs)
+        return pairs.map(_caption_batch_with_regions, num_parallel_calls=P.AUTOTUNE)
 
     def dataset(self, input_context):
-        return P.caption_dataset(self.records_dir, "train", P.vocab_table(self.records_dir),
-                                 input_context=input_context, **self._data_kwargs())
+        return self._caption_dataset("train", input_context=input_context, **self._data_kwargs())
 
     @staticmethod
     def token_losses(model, batch, training):
-        logits = model({"image": batch["image"], "tokens": batch["tokens"]}, training=training)  # (B, T, V)
+        logits = model(teacher_forcing_inputs(model, batch), training=training)  # (B, T, V)
         xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"],
                                                               logits=tf.cast(logits, tf.float32))
         return xent * batch["target_mask"]  # (B, T)
@@ -239,9 +250,8 @@ class CaptionTask(_RecordsTask):
 
     def validate(self, model):
         # Every sentence of the first val_max_images images (however many sentences each image has).
-        ds = P.caption_dataset(self.records_dir, "val", P.vocab_table(self.records_dir), shuffle=False,
-                               repeat=False, max_images=self.cfg.train.val_max_images,
-                               **{**self._data_kwargs(), "global_batch_size": 64})
+        ds = self._caption_dataset("val", shuffle=False, repeat=False, max_images=self.cfg.train.val_max_images,
+                                   **{**self._data_kwargs(), "global_batch_size": 64})
         step = self._validation_step(model)
         total, words = 0.0, 0.0
         for batch in ds:
@@ -253,4 +263,12 @@ class CaptionTask(_RecordsTask):
         return {"score": -nll, "word_nll": nll, "perplexity": float(np.exp(nll))}
 
 
-TASKS = {"align": AlignTask, "caption": CaptionTask}
+def _caption_batch_with_regions(pairs):
+    """:func:`karpalign.data.pipeline.to_caption_batch` plus every region and the mask (for updown)."""
+    return {**P.to_caption_batch(pairs), "region_features": pairs["region_features"],  # (B, R, D)
+            "region_mask": pairs["region_mask"]}  # (B, R)
+
+
+from karpalign.training.propose import ProposeTask  # noqa: E402  (the learned region proposer's task)
+
+TASKS = {"align": AlignTask, "caption": CaptionTask, "propose": ProposeTask}

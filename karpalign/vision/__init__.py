@@ -9,8 +9,11 @@ Modules (imported on demand, so ``import karpalign.vision.images`` does not pull
                        ``region_features_tf``; ``decode_image_array`` for numpy callers
 - ``torch_pickle``     ``load_torch_state_dict(path)``: legacy torch ``.pth`` -> numpy, without torch
 - ``efficientnet_lite`` ``efficientnet_lite0(...)`` Keras model with converted ImageNet weights
-- ``backbones``        ``Backbone``, ``get_backbone(spec)``
+- ``backbones``        ``Backbone``, ``get_backbone(spec)``, ``get_feature_map_backbone(spec, stride)``
 - ``boxes``            numpy box geometry: ``box_iou``, ``region_matches``, greedy ``nms``
-- ``proposers``        ``BoxesProposer``, ``GridProposer``, ``DetectorProposer``, ``crop_regions``,
+- ``proposers``        ``BoxesProposer``, ``GridProposer``, ``SegmentsProposer``, ``DetectorProposer``,
+                       ``LearnedRegionProposer``, ``get_proposer``, ``in_graph_proposer``, ``crop_regions``,
                        ``region_features``
+- ``learned_proposer`` ``LearnedProposer`` (Keras): anchor-free objectness + box head over a frozen feature map,
+                       its targets, loss and TF-op post-processing
 """

@@ -308,3 +308,89 @@ def _signature_caller(signature, handle: str):
                          "need exactly one")
     (input_name,) = kwargs
     return lambda x: signature(**{input_name: x})
+
+
+# ---- feature maps (the learned region proposer's input) -------------------------------------------------------
+
+# The built-in network's feature maps by stride: the last block at that resolution (its residual sum). Stride 8
+# also gets the stride-16 map, upsampled 2x and concatenated (40 + 112 channels): the early map alone knows little
+# about objects, the later one is too coarse for small ones (a small feature pyramid, as in FPN).
+LITE0_FEATURE_LAYERS = {8: "block4_add", 16: "block10_add", 32: "head_relu6"}
+
+
+class FeatureMapBackbone:
+    """A network cut before its pooling: preprocessed images (N, H, W, 3) -> feature maps (N, H/s, W/s, C).
+
+    Attributes: ``name`` (the spec it was built from), ``model`` (a Keras model whose input is the network input,
+    i.e. pixels after :meth:`Backbone.normalize`'s mapping), ``pixel_scale`` / ``pixel_offset`` (float32, the
+    linear map of pixel values 0..255 onto the network input), ``stride`` (input pixels per feature cell) and
+    ``channels`` (C). The learned region proposer (:mod:`karpalign.vision.learned_proposer`) keeps ``model``
+    frozen inside its own Keras model, so a ``.keras`` proposer file is self-contained.
+    """
+
+    def __init__(self, name: str, model, value_range: tuple[float, float], stride: int):
+        self.name = name
+        self.model = model
+        self.pixel_scale, self.pixel_offset = pixel_mapping(value_range)
+        self.stride = int(stride)
+        self.channels = int(model.outputs[0].shape[-1])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, stride={self.stride}, channels={self.channels})"
+
+
+def get_feature_map_backbone(spec: str = DEFAULT_SPEC, stride: int = 16) -> FeatureMapBackbone:
+    """The feature-map network of a backbone spec.
+
+    - ``efficientnet_lite0``: the built-in network with ImageNet weights, cut at stride 16 (112 channels) or 32
+      (1280): the last block of that resolution (:data:`LITE0_FEATURE_LAYERS`); at stride 8, that block's map
+      (40 channels) with the stride-16 map upsampled onto it (152 channels; the input side must be a multiple of
+      16).
+    - ``keras:<path>[|range=LO,HI]``: a Keras model file whose output is already a 4-D feature map
+      (N, h, w, C) for any input size; its stride is measured on a 64 x 64 probe and must equal ``stride``.
+
+    ``hub:`` modules return pooled vectors, so they are refused (the error names the specs that work).
+    """
+    import keras
+
+    base, options = _parse_spec(spec)
+    if base == DEFAULT_SPEC:
+        if stride not in LITE0_FEATURE_LAYERS:
+            raise ValueError(f"backbone {spec!r}: feature maps at stride {stride} do not exist; use one of "
+                             f"{sorted(LITE0_FEATURE_LAYERS)}")
+        if "range" in options:
+            raise ValueError(f"backbone spec {spec!r}: the built-in backbone's pixel range is fixed by its weights")
+        from karpalign.vision import efficientnet_lite
+
+        full = efficientnet_lite.efficientnet_lite0(include_top=True, weights="imagenet")
+        output = full.get_layer(LITE0_FEATURE_LAYERS[stride]).output
+        if stride == 8:
+            coarse = keras.layers.UpSampling2D(2, interpolation="bilinear", name="stride16_up")(
+                full.get_layer(LITE0_FEATURE_LAYERS[16]).output)
+            output = keras.layers.Concatenate(name="stride8_fused")([output, coarse])
+        model = keras.Model(full.input, output, name=f"efficientnet_lite0_stride{stride}")
+        value_range = (-efficientnet_lite.PIXEL_MEAN / efficientnet_lite.PIXEL_STD,
+                       (255.0 - efficientnet_lite.PIXEL_MEAN) / efficientnet_lite.PIXEL_STD)
+        name = DEFAULT_SPEC if stride == 16 else f"{DEFAULT_SPEC}|stride={stride}"
+        return FeatureMapBackbone(name, model, value_range, stride)
+    if base.startswith("keras:"):
+        path = base[len("keras:"):]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"feature-map backbone: model file {path} does not exist")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:
+            raise ValueError(f"feature-map backbone: cannot load {path} ({type(exc).__name__}: {exc})") from exc
+        probe = model(np.zeros((1, 64, 64, 3), np.float32), training=False)
+        if isinstance(probe, (dict, list, tuple)) or len(probe.shape) != 4:
+            raise ValueError(f"feature-map backbone: {path} must map (N, H, W, 3) images to one 4-D feature map "
+                             f"(N, h, w, C); it returns {type(probe).__name__} "
+                             f"{getattr(probe, 'shape', '')}")
+        measured = 64 // int(probe.shape[1])
+        if measured != int(stride):
+            raise ValueError(f"feature-map backbone: {path} has stride {measured} (64 px -> {probe.shape[1]} "
+                             f"cells), not {stride}")
+        value_range = tuple(options.get("range", KerasBackbone.DEFAULT_RANGE))
+        return FeatureMapBackbone(f"keras:{os.path.abspath(path)}", model, value_range, measured)
+    raise ValueError(f"feature-map backbone {spec!r}: use {DEFAULT_SPEC!r} or 'keras:<model file with a 4-D "
+                     "output>' (hub: modules return pooled vectors)")

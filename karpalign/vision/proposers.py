@@ -9,8 +9,19 @@ the full image ``[0, 0, 1, 1]`` FIRST and ``R' <= K + 1``; :func:`pad_boxes` pad
 - :class:`SegmentsProposer` Selective Search-style grouping of image segments, no model needed
   (:mod:`karpalign.vision.selective_search`)
 - :class:`DetectorProposer` any SavedModel / TF Hub detector with TF Object Detection API outputs
+- :class:`LearnedRegionProposer` the learned class-agnostic proposer of a ``karpalign-train --task propose`` run
+  (:mod:`karpalign.vision.learned_proposer`)
 
 Each proposer has ``name`` (identity string for manifests) and ``propose(image, boxes=None)``.
+
+**In the serving graph.** ``grid`` is a constant; ``learned:`` and ``detector:`` proposers are TensorFlow code that
+the export puts into the SavedModel (:data:`IN_GRAPH_KINDS`). They have ``num_regions`` (1 + K) and
+``propose_encoded_tf(images)``: encoded images (B,) string -> ``boxes`` (B, 1 + K, 4) zero-padded, ``region_mask``
+(B, 1 + K) float, ``box_scores`` (B, 1 + K) (1 for the full image) and ``box_classes`` (B, 1 + K) int32 (a
+detector's class ids; 0 for the full image, padding and the class-agnostic learned proposer). It decodes with
+:func:`karpalign.vision.region_features.decode_image_tf` and runs the same TensorFlow functions as ``propose`` on
+the pixels the extraction job decodes, so serving proposes what extraction proposed. ``segments`` (NumPy /
+scikit-image) and ``boxes`` (needs the dataset's annotations) cannot run in the graph.
 """
 
 from __future__ import annotations
@@ -21,11 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from karpalign.vision.boxes import box_iou
-from karpalign.vision.region_features import crop_regions_tf
+from karpalign.vision.region_features import crop_regions_tf, decode_image_tf
 
 FULL_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 DEFAULT_K = 19
 _DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
+_MAX_BOX_COORDINATE = 2.0  # a detector box coordinate beyond this is in pixels, not normalised (refused)
+IN_GRAPH_KINDS = ("grid", "learned", "detector")  # proposer kinds the export can put into the serving graph
 
 
 def check_boxes(boxes, where: str = "boxes") -> np.ndarray:
@@ -224,8 +237,12 @@ class DetectorProposer:
 
     ``model`` is a SavedModel folder or TF Hub handle (loaded with ``tensorflow_hub.load``) that maps a uint8
     image ``[1, H, W, 3]`` to a dict with ``detection_boxes`` (1, N, 4) normalised [ymin, xmin, ymax, xmax],
-    ``detection_scores`` (1, N) and ``detection_classes`` (1, N) -- the TF Object Detection API convention.
+    ``detection_scores`` (1, N) and ``detection_classes`` (1, N) -- the TF Object Detection API convention
+    (optionally ``num_detections`` (1,): only the first that many are real). The detector runs once on a blank
+    image when it is loaded, so one without these outputs is refused at once, naming the model and its outputs.
     """
+
+    kind = "detector"
 
     def __init__(self, model: str, score_threshold: float = 0.3, iou_threshold: float = 0.5,
                  k: int = DEFAULT_K):
@@ -236,6 +253,7 @@ class DetectorProposer:
         if not 0.0 < float(iou_threshold) <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         self.k = _check_k(k)
+        self.num_regions = self.k + 1
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.model_path = os.path.abspath(model) if os.path.isdir(model) else model
@@ -244,14 +262,52 @@ class DetectorProposer:
         except Exception as exc:
             raise ValueError(f"detector {model!r}: cannot load ({type(exc).__name__}: {exc})") from exc
         self.name = _detector_name(self.model_path, self.k, self.score_threshold, self.iou_threshold)
+        self._check_outputs(self._run(tf.zeros([1, 32, 32, 3], tf.uint8)))
 
-    def _run(self, image: np.ndarray) -> dict:
-        x = tf.constant(image[None], tf.uint8)  # (1, H, W, 3)
+    def _run(self, batch) -> dict:
+        """uint8 (1, H, W, 3) -> the detector's output dict (eager or in a graph)."""
         if callable(self.detector):
-            return self.detector(x)
+            return self.detector(batch)
         signature = self.detector.signatures["serving_default"]
         (input_name,) = signature.structured_input_signature[1]
-        return signature(**{input_name: x})
+        return signature(**{input_name: batch})
+
+    def _check_outputs(self, out) -> None:
+        if not isinstance(out, dict):
+            raise ValueError(f"detector {self.model_path}: returns {type(out).__name__}, not a dict with the TF "
+                             f"Object Detection API outputs {list(_DETECTOR_OUTPUTS)}")
+        missing = [key for key in _DETECTOR_OUTPUTS if key not in out]
+        if missing:
+            raise ValueError(f"detector {self.model_path}: outputs {sorted(out)} lack {missing} (the TF Object "
+                             f"Detection API outputs {list(_DETECTOR_OUTPUTS)} are needed)")
+
+    def detections_tf(self, image) -> tuple:
+        """uint8 (H, W, 3) tensor -> the K best after thresholding and NMS, padded: (boxes (K, 4), scores (K,),
+        classes (K,) int32, count ()). TensorFlow ops only: extraction and the serving graph both run this."""
+        out = self._run(image[None])  # (1, H, W, 3)
+        self._check_outputs(out)
+        boxes = tf.reshape(tf.cast(out["detection_boxes"], tf.float32), [-1, 4])  # (N, 4)
+        scores = tf.reshape(tf.cast(out["detection_scores"], tf.float32), [-1])  # (N,)
+        classes = tf.reshape(tf.cast(out["detection_classes"], tf.float32), [-1])  # (N,)
+        if "num_detections" in out:  # OD API pads to a fixed N; only the first num_detections are real
+            n = tf.cast(tf.reshape(out["num_detections"], [-1])[0], tf.int32)
+            boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
+        normalised = tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.abs(boxes)), _MAX_BOX_COORDINATE,
+            message=f"detector {self.model_path}: detection_boxes must be normalised [ymin, xmin, ymax, xmax] "
+                    "(0..1), these look like pixels (a Model Garden export needs "
+                    "task.export_config.output_normalized_coordinates=true)")
+        with tf.control_dependencies([normalised]):
+            boxes = tf.clip_by_value(boxes, 0.0, 1.0)
+        area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes clipped to nothing
+        boxes, scores, classes = (tf.boolean_mask(t, area_ok) for t in (boxes, scores, classes))
+        keep = tf.image.non_max_suppression(boxes, scores, max_output_size=self.k,
+                                            iou_threshold=self.iou_threshold,
+                                            score_threshold=self.score_threshold)  # (<= K,), best first
+        count = tf.size(keep)
+        pad = [[0, self.k - count]]
+        return (tf.pad(tf.gather(boxes, keep), pad + [[0, 0]]), tf.pad(tf.gather(scores, keep), pad),
+                tf.pad(tf.cast(tf.round(tf.gather(classes, keep)), tf.int32), pad), count)
 
     def detect(self, image, source: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs the detector and keeps the top K after thresholding and NMS -> (boxes, scores, classes)."""
@@ -260,33 +316,148 @@ class DetectorProposer:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"{where}: detector input must be uint8 (H, W, 3), "
                              f"got {image.dtype} {image.shape}")
-        out = self._run(image)
-        missing = [key for key in _DETECTOR_OUTPUTS if key not in out]
-        if missing:
-            raise ValueError(f"detector {self.model_path}: outputs {sorted(out)} lack {missing}")
-        boxes = tf.reshape(tf.cast(out["detection_boxes"], tf.float32), [-1, 4])  # (N, 4)
-        scores = tf.reshape(tf.cast(out["detection_scores"], tf.float32), [-1])  # (N,)
-        classes = tf.reshape(tf.cast(out["detection_classes"], tf.float32), [-1])  # (N,)
-        if "num_detections" in out:  # OD API pads to a fixed N; only the first num_detections are real
-            n = tf.cast(tf.reshape(out["num_detections"], [-1])[0], tf.int32)
-            boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
-        boxes = tf.clip_by_value(boxes, 0.0, 1.0)
-        area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes clipped to nothing
-        boxes, scores, classes = (tf.boolean_mask(t, area_ok) for t in (boxes, scores, classes))
-        keep = tf.image.non_max_suppression(boxes, scores, max_output_size=self.k,
-                                            iou_threshold=self.iou_threshold,
-                                            score_threshold=self.score_threshold)  # (<= K,), best first
-        return (tf.gather(boxes, keep).numpy(), tf.gather(scores, keep).numpy(),
-                tf.gather(classes, keep).numpy().astype(np.int64))
+        _check_not_empty(image, where)
+        boxes, scores, classes, count = self.detections_tf(tf.constant(image, tf.uint8))
+        n = int(count)
+        return boxes.numpy()[:n], scores.numpy()[:n], classes.numpy()[:n].astype(np.int64)
 
     def propose(self, image, boxes=None, source: str = "") -> np.ndarray:
         return _with_full_image(self.detect(image, source)[0])
 
+    def propose_encoded_tf(self, images) -> dict:
+        """Encoded images (B,) -> padded proposals (see the module docstring), the detector run image by image."""
+        k = self.k
+
+        def one(data):
+            boxes, scores, classes, count = self.detections_tf(decode_image_tf(data))
+            return (tf.concat([tf.constant(FULL_IMAGE[None]), boxes], 0), tf.concat([tf.ones([1]), scores], 0),
+                    tf.concat([tf.zeros([1], tf.int32), classes], 0), tf.range(k + 1) <= count)
+
+        boxes, scores, classes, mask = tf.map_fn(
+            one, images, fn_output_signature=(tf.TensorSpec([k + 1, 4], tf.float32), tf.TensorSpec([k + 1], tf.float32),
+                                              tf.TensorSpec([k + 1], tf.int32), tf.TensorSpec([k + 1], tf.bool)))
+        return {"boxes": boxes, "region_mask": tf.cast(mask, tf.float32), "box_scores": scores, "box_classes": classes}
+
+
+def _check_not_empty(image: np.ndarray, where: str) -> None:
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{where}: empty image ({image.shape[0]} x {image.shape[1]} pixels)")
+
+
+def _learned_name(run_dir: str, k: int, score_threshold: float, iou_threshold: float) -> str:
+    return f"learned:{run_dir}|k={k}|score={score_threshold:g}|iou={iou_threshold:g}"
+
+
+LEARNED_OPTIONS = ("score", "iou")
+
+
+def parse_learned_spec(spec: str) -> tuple[str, dict]:
+    """``"learned:RUN_DIR"`` or ``"learned:RUN_DIR|score=0.1|iou=0.6"`` -> (absolute run folder, options).
+
+    Options override the post-processing defaults saved with the model: ``score`` (minimum box score) and
+    ``iou`` (NMS IoU threshold). Raises ValueError naming a missing folder, an unknown option or a bad value.
+    """
+    if not spec.startswith("learned:"):
+        raise ValueError(f"proposer spec {spec!r} does not start with 'learned:'")
+    path, *parts = spec[len("learned:"):].split("|")
+    if not path:
+        raise ValueError("proposer 'learned:' needs the run folder of `karpalign-train --task propose` after the "
+                         "colon")
+    options: dict = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or key not in LEARNED_OPTIONS or key in options:
+            raise ValueError(f"proposer {spec!r}: bad option {part!r}; use score=X and iou=Y at most once each")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ValueError(f"proposer {spec!r}: {key}={value!r} is not a number") from None
+    if "score" in options and not 0.0 <= options["score"] < 1.0:
+        raise ValueError(f"proposer {spec!r}: score must be in [0, 1), got {options['score']:g}")
+    if "iou" in options and not 0.0 < options["iou"] <= 1.0:
+        raise ValueError(f"proposer {spec!r}: iou must be in (0, 1], got {options['iou']:g}")
+    return os.path.abspath(path), options
+
+
+class LearnedRegionProposer:
+    """``learned:RUN_DIR``: the :class:`~karpalign.vision.learned_proposer.LearnedProposer` of a
+    ``karpalign-train --task propose`` run (loaded once; Beam workers share it through ``Shared``).
+
+    ``k`` boxes besides the full image; ``score_threshold`` / ``iou_threshold`` default to the settings saved with
+    the model (a ``learned:`` spec's ``|score=`` / ``|iou=`` options). :meth:`propose_batch` runs the network on
+    many images at once; :meth:`propose` is one image.
+    """
+
+    kind = "learned"
+
+    def __init__(self, run_dir: str, k: int = DEFAULT_K, score_threshold: float | None = None,
+                 iou_threshold: float | None = None):
+        from karpalign.training.run_dir import RunDir
+        from karpalign.vision.learned_proposer import prepare_image_tf
+
+        self.k = _check_k(k)
+        self.num_regions = self.k + 1
+        self.run_dir = os.path.abspath(run_dir)
+        self.model = RunDir(self.run_dir, "propose").load_proposer()
+        self.input_size = int(self.model.input_size)
+        self.score_threshold = float(self.model.score_threshold if score_threshold is None else score_threshold)
+        self.iou_threshold = float(self.model.iou_threshold if iou_threshold is None else iou_threshold)
+        self.name = _learned_name(self.run_dir, self.k, self.score_threshold, self.iou_threshold)
+        size = self.input_size
+        self._prepare = tf.function(lambda image: prepare_image_tf(image, size),
+                                    input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        self._proposals = tf.function(self.proposals_tf, input_signature=[tf.TensorSpec([None, size, size, 3])])
+
+    @classmethod
+    def from_spec(cls, spec: str, k: int = DEFAULT_K) -> "LearnedRegionProposer":
+        path, options = parse_learned_spec(spec)
+        return cls(path, k, options.get("score"), options.get("iou"))
+
+    def proposals_tf(self, prepared) -> dict:
+        """Prepared images (B, S, S, 3) -> :func:`~karpalign.vision.learned_proposer.postprocess_tf`'s dict."""
+        return self.model.propose_tf(prepared, k=self.k, score_threshold=self.score_threshold,
+                                     iou_threshold=self.iou_threshold)
+
+    def propose_encoded_tf(self, images) -> dict:
+        """Encoded images (B,) -> padded proposals (see the module docstring); one batched network call."""
+        from karpalign.vision.learned_proposer import prepare_image_tf
+
+        size = self.input_size
+        prepared = tf.map_fn(lambda data: prepare_image_tf(decode_image_tf(data), size), images,
+                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))  # (B, S, S, 3)
+        out = self.proposals_tf(prepared)
+        return {"boxes": out["boxes"], "region_mask": tf.cast(out["mask"], tf.float32), "box_scores": out["scores"],
+                "box_classes": tf.zeros(tf.shape(out["scores"]), tf.int32)}
+
+    def _check(self, image, where: str) -> np.ndarray:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{where}: learned proposer input must be uint8 (H, W, 3), got {image.dtype} "
+                             f"{image.shape}")
+        _check_not_empty(image, where)
+        return image
+
+    def propose_batch(self, images, sources=None) -> list[np.ndarray]:
+        """uint8 (H, W, 3) images (any sizes) -> one float32 (1 + K', 4) array each, full image first."""
+        sources = list(sources) if sources is not None else [""] * len(images)
+        if not len(images):
+            return []
+        prepared = np.stack([self._prepare(self._check(image, source or "image")).numpy()
+                             for image, source in zip(images, sources)])  # (B, S, S, 3)
+        out = self._proposals(tf.constant(prepared))
+        boxes, mask = out["boxes"].numpy(), out["mask"].numpy()
+        return [b[m] for b, m in zip(boxes, mask)]
+
+    def propose(self, image, boxes=None, source: str = "") -> np.ndarray:
+        """uint8 ``(H, W, 3)`` image -> float32 ``(1 + K', 4)``, full image first, K' <= K."""
+        return self.propose_batch([image], [source])[0]
+
 
 def get_proposer(spec: str, k: int = DEFAULT_K, score_threshold: float = 0.3, iou_threshold: float = 0.5):
-    """``"boxes"``, ``"grid"``, ``"segments[|key=value...]"`` or ``"detector:<SavedModel folder or hub handle>"``
-    -> a proposer. ``iou_threshold`` is the NMS threshold of ``segments`` and ``detector:``; ``score_threshold``
-    is for ``detector:`` only."""
+    """``"boxes"``, ``"grid"``, ``"segments[|key=value...]"``, ``"detector:<SavedModel folder or hub handle>"`` or
+    ``"learned:<propose run folder>[|score=X|iou=Y]"`` -> a proposer. ``iou_threshold`` is the NMS threshold of
+    ``segments`` and ``detector:``; ``score_threshold`` is for ``detector:`` only (a learned proposer uses the
+    settings saved with its model, or the spec's options)."""
     if spec == "boxes":
         return BoxesProposer(k)
     if spec == "grid":
@@ -295,18 +466,61 @@ def get_proposer(spec: str, k: int = DEFAULT_K, score_threshold: float = 0.3, io
         return SegmentsProposer.from_spec(spec, k, iou_threshold)
     if spec.startswith("detector:"):
         return DetectorProposer(spec[len("detector:"):], score_threshold, iou_threshold, k)
-    raise ValueError(f"unknown region proposer {spec!r}: use 'boxes', 'grid', 'segments' or 'detector:<model>'")
+    if spec.startswith("learned:"):
+        return LearnedRegionProposer.from_spec(spec, k)
+    raise ValueError(f"unknown region proposer {spec!r}: use 'boxes', 'grid', 'segments', 'detector:<model>' or "
+                     "'learned:<propose run folder>'")
 
 
 def proposer_name(spec: str, k: int = DEFAULT_K, score_threshold: float = 0.3, iou_threshold: float = 0.5) -> str:
     """The ``name`` that ``get_proposer(spec, k, ...)`` would have, without loading a detector model
     (for manifests). Raises ValueError for specs :func:`get_proposer` refuses (a detector's model is not
-    checked)."""
+    checked; a learned proposer's run folder is: it must be a finished ``--task propose`` run, whose config gives
+    the post-processing defaults)."""
+    if spec.startswith("learned:"):
+        from karpalign.training.run_dir import RunDir
+
+        path, options = parse_learned_spec(spec)
+        try:
+            model = RunDir(path, "propose").check().load_config().model
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        return _learned_name(path, _check_k(k), float(options.get("score", model.proposer_score_threshold)),
+                             float(options.get("iou", model.proposer_iou_threshold)))
     if spec.startswith("detector:"):
         model = spec[len("detector:"):]
         return _detector_name(os.path.abspath(model) if os.path.isdir(model) else model, _check_k(k),
                               float(score_threshold), float(iou_threshold))
     return get_proposer(spec, k, score_threshold, iou_threshold).name
+
+
+IN_GRAPH_HINT = "grid, learned:<karpalign-train --task propose run folder>, detector:<SavedModel folder>"
+
+
+def in_graph_proposer(spec: str, k: int = DEFAULT_K, score_threshold: float = 0.3, iou_threshold: float = 0.5):
+    """A proposer the export can put into the serving graph: :class:`GridProposer`, :class:`LearnedRegionProposer`
+    or :class:`DetectorProposer` (arguments as :func:`get_proposer`). Any other spec (``segments``, ``boxes``)
+    raises ValueError naming the kinds that can run in the graph."""
+    kind = spec.split(":", 1)[0].split("|", 1)[0]
+    if kind not in IN_GRAPH_KINDS:
+        raise ValueError(f"proposer {spec!r} cannot run inside the serving graph; use one of: {IN_GRAPH_HINT}")
+    return get_proposer(spec, k, score_threshold, iou_threshold)
+
+
+def spec_from_name(name: str) -> tuple[str, int, float, float]:
+    """A proposer's ``name`` (as a records manifest keeps it) -> (spec, k, score threshold, iou threshold) that
+    :func:`get_proposer` rebuilds it from: ``grid|k=4`` -> ('grid', 4, ...); ``learned:/run|k=19|score=0.05|iou=0.5``
+    -> ('learned:/run|score=0.05|iou=0.5', 19, ...); ``detector:/m|k=19|score=0.3|iou=0.5`` -> ('detector:/m', 19,
+    0.3, 0.5). Raises ValueError for a name without ``k=``."""
+    base, *parts = name.split("|")
+    options = dict(part.partition("=")[::2] for part in parts)
+    if "k" not in options:
+        raise ValueError(f"proposer name {name!r} has no k=")
+    k = int(options["k"])
+    score, iou = float(options.get("score", 0.3)), float(options.get("iou", 0.5))
+    if base.startswith("learned:"):
+        return f"{base}|score={score:g}|iou={iou:g}", k, score, iou
+    return base, k, score, iou
 
 
 def proposal_recall(proposals, gt_boxes, iou_threshold: float = 0.5) -> tuple[int, int]:

@@ -7,7 +7,9 @@ see different features (DESIGN.md, "Region features")::
     bytes --decode_image_tf--> uint8 (H, W, 3) --crop_regions_tf--> float32 (R, S, S, 3) in 0..255
           --map_pixels--> network input --cnn_features_tf--> float32 (R, D)
 
-:func:`region_features_tf` is the whole chain for a batch of encoded images (the serving graph); the job runs
+:func:`region_features_tf` is the whole chain for a batch of encoded images and one set of boxes (the serving
+graph with a grid), :func:`image_region_features_tf` the same with every image's own boxes (a proposer in the
+graph: learned or a detector, :mod:`karpalign.vision.proposers`); the job runs
 the same stages in its own steps (decode, propose, crop, CNN in a background thread) through
 :func:`decode_image_array`, :func:`karpalign.vision.proposers.crop_regions` and
 :class:`karpalign.vision.backbones.Backbone`, which are thin wrappers of the functions here.
@@ -511,3 +513,30 @@ def region_features_tf(images, boxes, crop_size: int, network_fn, pixel_scale, p
     x = map_pixels(tf.reshape(crops, [-1, size, size, 3]), pixel_scale, pixel_offset)  # (B*R, S, S, 3)
     features = cnn_features_tf(network_fn, x, name, feature_dim)  # (B*R, D)
     return tf.reshape(features, [-1, n_boxes, feature_dim])  # (B, R, D)
+
+
+def image_region_features_tf(images, boxes, region_mask, crop_size: int, network_fn, pixel_scale, pixel_offset,
+                             feature_dim: int, name: str):
+    """Encoded images (B,) string, per-image boxes (B, R, 4) normalised and their mask (B, R) -> float32 region
+    features (B, R, D), zero where the mask is 0.
+
+    For proposers that run in the graph and give every image its own boxes (a learned proposer, a detector).
+    Every image is decoded (:func:`decode_image_tf`) and cropped at its boxes; only the crops of real regions
+    go through the pixel mapping and the CNN (:func:`cnn_features_tf`), so padding costs no network time.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    n_boxes, size = int(boxes.shape[1]), int(crop_size)
+
+    def crop_one(args):
+        data, image_boxes = args
+        return crop_regions_tf(decode_image_tf(data), image_boxes, size)  # (R, S, S, 3)
+
+    crops = tf.map_fn(crop_one, (images, boxes),
+                      fn_output_signature=tf.TensorSpec([n_boxes, size, size, 3], tf.float32))  # (B, R, S, S, 3)
+    flat = tf.reshape(crops, [-1, size, size, 3])  # (B*R, S, S, 3)
+    real = tf.where(tf.reshape(region_mask, [-1]) > 0)[:, 0]  # (N,) indices of real regions
+    x = map_pixels(tf.gather(flat, real), pixel_scale, pixel_offset)  # (N, S, S, 3)
+    features = cnn_features_tf(network_fn, x, name, feature_dim)  # (N, D)
+    total = tf.shape(flat, out_type=tf.int64)[0]
+    out = tf.scatter_nd(real[:, None], features, tf.stack([total, tf.cast(feature_dim, tf.int64)]))  # (B*R, D)
+    return tf.reshape(out, [-1, n_boxes, feature_dim])  # (B, R, D)

@@ -80,6 +80,28 @@ def test_compiled_search_is_traced_once_for_all_batch_sizes():
     assert [s for _, s in alone[0]] == pytest.approx([s for _, s in first[8]], abs=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_xla_search_is_compiled_and_gives_the_graph_searchs_captions(cell):
+    generator, vocab = _generator(cell)
+    vecs = _image_vecs(7, seed=3)
+    settings = dict(beam_size=3, max_length=7, alpha=0.5, top_k=3, batch_size=4)
+    xla = CaptionGenerator(generator, vocab, jit_compile=True, **settings)
+    graph = CaptionGenerator(generator, vocab, jit_compile=False, **settings)
+    assert xla.jit_compile and CaptionGenerator(generator, vocab, beam_size=2, max_length=4).jit_compile  # default
+
+    def must_compile(captioner):
+        attrs = captioner.decode_fn.get_concrete_function().function_def.attr
+        return "_XlaMustCompile" in attrs and attrs["_XlaMustCompile"].b
+
+    assert must_compile(xla) and not must_compile(graph)
+    got, want = xla.decode_ids(vecs), graph.decode_ids(vecs)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)
+    assert len(set(map(tuple, want.ids[:, 0]))) > 1  # different captions: the comparison is not vacuous
+    assert [[text for text, _ in c] for c in xla(vecs)] == [[text for text, _ in c] for c in graph(vecs)]
+
+
 def test_bad_inputs_are_refused_with_clear_errors():
     generator, vocab = _generator()
     with pytest.raises(ValueError, match=r"\(N, 8\)"):

@@ -35,7 +35,8 @@ from karpalign.vision.proposers import GridProposer, region_features
 D, CROP, K_GRID, MAX_WORDS = 16, 32, 3, 8
 BEAM, MAX_LEN, TOP_K = 3, 6, 2
 SIGNATURES = {
-    "serving_default": ["boxes", "captions", "region_features", "scores", "token_ids"],
+    "serving_default": ["boxes", "captions", "proposer", "records_proposer", "region_features", "scores",
+                        "token_ids"],
     "caption_features": ["captions", "scores", "token_ids"],
     "caption_examples": ["captions", "scores", "token_ids"],
     "embed_images": ["region_vectors"],
@@ -238,8 +239,9 @@ def test_signatures_have_named_outputs_in_plain_tensorflow(portable):
 def _assert_same_outputs(got, want, where):
     assert sorted(got) == sorted(want), where
     for key, value in want.items():
-        if value.dtype == object:
-            assert got[key].tolist() == value.tolist(), f"{where}: {key}"
+        value = np.asarray(value)  # a scalar string output arrives as bytes
+        if value.dtype == object or value.dtype.kind == "S":
+            assert np.asarray(got[key]).tolist() == value.tolist(), f"{where}: {key}"
         elif np.issubdtype(value.dtype, np.floating):
             np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=0, err_msg=f"{where}: {key}")
         else:
@@ -517,6 +519,6 @@ def test_cli_refuses_bad_runs(exported, tmp_path, capsys):
     assert "must share one vocabulary" in capsys.readouterr().err
 
     assert export_main(["--align-dir", runs["align"], "--caption-dir", runs["caption"], "--proposer",
-                        "detector:x"] + common) == 2
-    assert "cannot run inside the serving graph" in capsys.readouterr().err
+                        "segments"] + common) == 2
+    assert "cannot run inside the serving graph; use one of: grid, learned:" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(base, "karpalign", "1"))

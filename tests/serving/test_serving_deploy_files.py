@@ -94,7 +94,7 @@ def test_readme_docker_command_uses_the_files_and_real_flags():
     command = command[:command.index("```")]
     known_flags = {"model_config_file", "model_config_file_poll_wait_seconds", "enable_batching",
                    "batching_parameters_file", "monitoring_config_file", "enable_model_warmup", "port",
-                   "rest_api_port", "file_system_poll_wait_seconds"}
+                   "rest_api_port", "file_system_poll_wait_seconds", "xla_cpu_compilation_enabled"}
     used = set(re.findall(r"\s--([a-z_]+)=", command))
     assert {"model_config_file", "enable_batching", "batching_parameters_file",
             "enable_model_warmup"} <= used <= known_flags
