@@ -4,7 +4,9 @@
 4096, each the median of at least 5 timed calls, measured in the same run as the figure it is compared with
 (the cores are shared, so a peak from another run would not be the same machine). Which n gave it is printed
 with it (:meth:`Peak.describe`): on the 2-core development machine 1024 is well below 2048, so a 1024-only
-"peak" made several tables show more than 100%.
+"peak" made several tables show more than 100%. Other jobs come and go on a shared machine, so a benchmark that
+times its work in rounds measures the peak in every round too and keeps the best (:meth:`Peak.better`): the
+peak is then what the machine did at its least disturbed moment of the run, never a disturbed one.
 
 **Same-shape matmul** (:func:`same_shape_matmul`): a workload whose biggest product is small (one image's
 output layer is a (1, 512) x (512, 2500) product) cannot reach the square peak however little else it does,
@@ -44,16 +46,25 @@ class Peak:
 
     gflops: float
     size: int
-    medians: dict  # {n: median GFLOP/s}
+    medians: dict  # {n: median GFLOP/s} of the measurement that gave the peak
     repeats: int
+    measurements: int = 1  # how many times the peak was measured in this run (the best is kept)
 
     def percent(self, gflops: float) -> float:
         return 100.0 * gflops / self.gflops
 
+    def better(self, other: "Peak | None") -> "Peak":
+        """The higher of two measurements of this run (``other`` may be None), counting both."""
+        if other is None:
+            return self
+        best = self if self.gflops >= other.gflops else other
+        return dataclasses.replace(best, measurements=self.measurements + other.measurements)
+
     def describe(self) -> str:
         others = ", ".join(f"{n}^3 {g:.1f}" for n, g in self.medians.items() if n != self.size)
+        times = f"; best of {self.measurements} measurements in this run" if self.measurements > 1 else ""
         return (f"honest peak {self.gflops:.1f} GFLOP/s = float32 matmul {self.size}^3 (best of "
-                f"{', '.join(str(n) for n in self.medians)}; median of {self.repeats} calls each; {others})")
+                f"{', '.join(str(n) for n in self.medians)}; median of {self.repeats} calls each; {others}{times})")
 
 
 def square_matmul_gflops(n: int, repeats: int = MIN_REPEATS) -> float:
@@ -95,6 +106,13 @@ class ShapeMatmul:
     @property
     def shape(self) -> str:
         return f"({self.m}, {self.k}) x ({self.k}, {self.n})"
+
+    def better(self, other: "ShapeMatmul | None") -> "ShapeMatmul":
+        """The better of two measurements of the same shape, path by path (``other`` may be None)."""
+        if other is None:
+            return self
+        return dataclasses.replace(self, tf_gflops=max(self.tf_gflops, other.tf_gflops),
+                                   xla_gflops=max(self.xla_gflops, other.xla_gflops))
 
 
 def same_shape_matmul(m: int, k: int, n: int, repeats: int = MIN_REPEATS,

@@ -28,7 +28,8 @@ counts the region projection's backward once, not twice (the CNN features need n
 The peak is the honest one of ``_peak.py``, measured in this run: the best of square float32 matmuls at
 1024, 2048 and 4096 (median of 5 calls each; the table names the size that gave it). The cores are shared,
 so speed drifts during a run: the step is timed in rounds of ``--steps`` calls, keeping the fastest call of
-each round (the one least disturbed by other processes), and the median round is reported. A breakdown times
+each round (the one least disturbed by other processes), and the median round is reported; the peak is
+measured after every round and the best of those is kept. A breakdown times
 forward + backward of the three parts (region embedding, BRNN encoder, score + loss) on their own, to show
 where the time goes.
 
@@ -206,13 +207,13 @@ def main(argv=None) -> None:
     load_start = os.getloadavg()
 
     train_step(batch).numpy()  # trace and warm up
-    peak = measure_peak()
-    print(peak.describe())
-    step_s = []
+    step_s, peak = [], None
     for r in range(a.rounds):
         t, cores, _ = time_calls(lambda: train_step(batch), a.steps)
         step_s.append(t)
+        peak = measure_peak().better(peak)  # every round: the best of the run is kept
         print(f"round {r + 1}/{a.rounds}: fastest step {t * 1e3:.0f} ms (process used {cores:.2f} cores)")
+    print(peak.describe())
     print(f"load average (1 min) {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
 
     med = statistics.median
